@@ -1,0 +1,272 @@
+//! ACL rules: the resource must exist in the caller's tenant; reading its entries needs read
+//! access to it; changing them needs ownership (or the admin role).
+
+use tracing::instrument;
+
+use super::model::*;
+use super::repo;
+use crate::auth::Principal;
+use crate::auth::acl::{self, Permission, ResourceType};
+use crate::cache::Change;
+use crate::db::Tx;
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+
+fn not_found(resource_type: ResourceType) -> ApiError {
+    match resource_type {
+        ResourceType::Panel => ApiError::not_found("PANEL_NOT_FOUND", "Panel not found"),
+        ResourceType::View => ApiError::not_found("VIEW_NOT_FOUND", "View not found"),
+    }
+}
+
+fn acl_not_found() -> ApiError {
+    ApiError::not_found("ACL_NOT_FOUND", "ACL entry not found")
+}
+
+/// Normalises an ACL target: a lower-cased e-mail address, or `_all`.
+fn target_email(raw: &str) -> Result<String> {
+    let email = raw.trim().to_lowercase();
+    if email == EVERYONE || validator::ValidateEmail::validate_email(&email) {
+        Ok(email)
+    } else {
+        Err(ApiError::invalid(
+            "userEmail",
+            "must be an e-mail address or _all",
+        ))
+    }
+}
+
+/// Checks the caller's permission on an existing resource, or answers 404; answers the panel the
+/// resource belongs to.
+async fn authorize(
+    tx: &mut Tx,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+    needed: Permission,
+) -> Result<i64> {
+    let panel_id = repo::panel_of(tx, &principal.tenant, resource_type, resource_id)
+        .await?
+        .ok_or_else(|| not_found(resource_type))?;
+    let mut held = acl::permission(tx, principal, resource_type, resource_id).await?;
+    // A published view is readable by everyone in the tenant.
+    if held.is_none() && resource_type == ResourceType::View && needed == Permission::Viewer {
+        let published: bool =
+            sqlx::query_scalar("select is_published from view where tenant_id = $1 and id = $2")
+                .bind(principal.tenant.as_str())
+                .bind(resource_id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if published {
+            held = Some(Permission::Viewer);
+        }
+    }
+    acl::require(held, needed, not_found(resource_type))?;
+    Ok(panel_id)
+}
+
+/// After the commit of an ACL change: who may see what changed, so the panel's cached reads and
+/// every list of the tenant are dead.
+async fn committed(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    resource_type: ResourceType,
+    resource_id: i64,
+) {
+    let change = Change::panel("acl.changed", panel_id)
+        .with("resourceType", resource_type.as_str())
+        .with("resourceId", resource_id)
+        .lists();
+    state.cache.committed(&principal.tenant, change).await;
+}
+
+fn require_write(principal: &Principal) -> Result<()> {
+    if principal.can_write() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("This API key is read-only"))
+    }
+}
+
+#[instrument(skip_all, fields(resource_id))]
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+) -> Result<AclListResponse> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(
+        &mut tx,
+        principal,
+        resource_type,
+        resource_id,
+        Permission::Viewer,
+    )
+    .await?;
+    let rows =
+        repo::list_for_resource(&mut tx, &principal.tenant, resource_type, resource_id).await?;
+    tx.commit().await?;
+    Ok(AclListResponse {
+        acls: rows.into_iter().map(Acl::from).collect(),
+    })
+}
+
+pub async fn list_for_user(
+    state: &AppState,
+    principal: &Principal,
+    email: &str,
+    resource_type: Option<ResourceType>,
+) -> Result<AclListResponse> {
+    let email = email.trim().to_lowercase();
+    if !validator::ValidateEmail::validate_email(&email) {
+        return Err(ApiError::invalid("userEmail", "must be an e-mail address"));
+    }
+    if !principal.is_admin() && email != principal.email {
+        return Err(ApiError::forbidden(
+            "Only admins can list another user's access",
+        ));
+    }
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let rows = repo::list_for_user(&mut tx, &principal.tenant, &email, resource_type).await?;
+    tx.commit().await?;
+    Ok(AclListResponse {
+        acls: rows.into_iter().map(Acl::from).collect(),
+    })
+}
+
+#[instrument(skip_all, fields(resource_id))]
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+    req: CreateAclRequest,
+) -> Result<AclResponse> {
+    require_write(principal)?;
+    let email = target_email(&req.user_email)?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let panel_id = authorize(
+        &mut tx,
+        principal,
+        resource_type,
+        resource_id,
+        Permission::Owner,
+    )
+    .await?;
+    let row = repo::insert(
+        &mut tx,
+        &principal.tenant,
+        resource_type,
+        resource_id,
+        &email,
+        req.permission.as_str(),
+    )
+    .await?;
+    tx.commit().await?;
+    committed(state, principal, panel_id, resource_type, resource_id).await;
+    Ok(AclResponse { acl: row.into() })
+}
+
+#[instrument(skip_all, fields(resource_id))]
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+    email: &str,
+    permission: Permission,
+) -> Result<AclResponse> {
+    require_write(principal)?;
+    let email = target_email(email)?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let panel_id = authorize(
+        &mut tx,
+        principal,
+        resource_type,
+        resource_id,
+        Permission::Owner,
+    )
+    .await?;
+    let row = repo::update_permission(
+        &mut tx,
+        &principal.tenant,
+        resource_type,
+        resource_id,
+        &email,
+        permission.as_str(),
+    )
+    .await?
+    .ok_or_else(acl_not_found)?;
+    tx.commit().await?;
+    committed(state, principal, panel_id, resource_type, resource_id).await;
+    Ok(AclResponse { acl: row.into() })
+}
+
+#[instrument(skip_all, fields(resource_id))]
+pub async fn delete(
+    state: &AppState,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+    email: &str,
+) -> Result<()> {
+    require_write(principal)?;
+    let email = target_email(email)?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let panel_id = authorize(
+        &mut tx,
+        principal,
+        resource_type,
+        resource_id,
+        Permission::Owner,
+    )
+    .await?;
+    if !repo::delete(
+        &mut tx,
+        &principal.tenant,
+        resource_type,
+        resource_id,
+        &email,
+    )
+    .await?
+    {
+        return Err(acl_not_found());
+    }
+    tx.commit().await?;
+    committed(state, principal, panel_id, resource_type, resource_id).await;
+    Ok(())
+}
+
+/// Shares with everyone in the tenant; answers whether the entry was created (201) or updated (200).
+#[instrument(skip_all, fields(resource_id))]
+pub async fn share_public(
+    state: &AppState,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+    permission: Permission,
+) -> Result<(AclResponse, bool)> {
+    require_write(principal)?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let panel_id = authorize(
+        &mut tx,
+        principal,
+        resource_type,
+        resource_id,
+        Permission::Owner,
+    )
+    .await?;
+    let (row, created) = repo::upsert_everyone(
+        &mut tx,
+        &principal.tenant,
+        resource_type,
+        resource_id,
+        permission.as_str(),
+    )
+    .await?;
+    tx.commit().await?;
+    committed(state, principal, panel_id, resource_type, resource_id).await;
+    Ok((AclResponse { acl: row.into() }, created))
+}

@@ -1,0 +1,262 @@
+//! Access tokens: issuing ours (HS256) and verifying ours and the identity provider's.
+//!
+//! Every token is verified: signature, `exp` (required), `nbf`, and `iss`/`aud` when configured.
+//! The algorithm decides the key, never the other way round: HS256 only ever verifies with
+//! `JWT_SECRET`, RS256/ES256 only with the public keys of `JWT_PUBLIC_KEYS_FILE`, so a token signed
+//! with HS256 over a public key (algorithm confusion) or with `alg: none` is rejected.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::model::{Credential, Principal, Role, TenantId};
+use crate::config::Config;
+
+/// The claims of the access tokens we issue.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub sub: String,
+    pub email: String,
+    pub tenant: String,
+    pub role: Role,
+    pub exp: u64,
+    pub iat: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+}
+
+/// What we read from any accepted token: ours, or the identity provider's (Stytch B2B).
+#[derive(Debug, Deserialize)]
+struct IncomingClaims {
+    sub: Option<String>,
+    email: Option<String>,
+    tenant: Option<String>,
+    role: Option<String>,
+    #[serde(rename = "https://stytch.com/organization")]
+    organization: Option<ProviderOrganization>,
+    #[serde(rename = "https://stytch.com/session")]
+    session: Option<ProviderSession>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProviderOrganization {
+    slug: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProviderSession {
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+struct ExternalKey {
+    key: DecodingKey,
+    algorithm: Algorithm,
+}
+
+/// Signing and verification keys, built once at start-up.
+pub struct AuthKeys {
+    encoding: EncodingKey,
+    hs256: DecodingKey,
+    /// External public keys by `kid` (JWKS) or under `None` (a single PEM key).
+    external: HashMap<Option<String>, ExternalKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+/// Why a token was refused; the message is what the client reads in the 401.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenError(pub &'static str);
+
+impl AuthKeys {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let secret: Vec<u8> = match &config.jwt_secret {
+            Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+            None => {
+                tracing::warn!(
+                    "JWT_SECRET is not set: using a random secret for this process; tokens will not survive a restart or work across instances"
+                );
+                let mut bytes = vec![0u8; 48];
+                rand::rng().fill_bytes(&mut bytes);
+                bytes
+            }
+        };
+        let external = match &config.jwt_public_keys_file {
+            Some(path) => load_external_keys(path)
+                .with_context(|| format!("JWT_PUBLIC_KEYS_FILE: cannot load {path}"))?,
+            None => HashMap::new(),
+        };
+        Ok(Self {
+            encoding: EncodingKey::from_secret(&secret),
+            hs256: DecodingKey::from_secret(&secret),
+            external,
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+            access_ttl: config.jwt_access_ttl,
+            refresh_ttl: config.jwt_refresh_ttl,
+        })
+    }
+
+    /// Signs an access token for a user of ours; answers the token and its lifetime in seconds.
+    pub fn issue(
+        &self,
+        user_id: i64,
+        email: &str,
+        tenant: &TenantId,
+        role: Role,
+    ) -> anyhow::Result<(String, u64)> {
+        let now = now_secs();
+        let ttl = self.access_ttl.as_secs();
+        let claims = AccessClaims {
+            sub: user_id.to_string(),
+            email: email.to_owned(),
+            tenant: tenant.as_str().to_owned(),
+            role,
+            exp: now + ttl,
+            iat: now,
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
+        Ok((token, ttl))
+    }
+
+    /// Verifies a bearer token and turns it into the request's principal.
+    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError("Invalid token"))?;
+        let (key, algorithm) = match header.alg {
+            Algorithm::HS256 => (&self.hs256, Algorithm::HS256),
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let external = self
+                    .external
+                    .get(&header.kid)
+                    .ok_or(TokenError("Unknown signing key"))?;
+                if external.algorithm != header.alg {
+                    return Err(TokenError("Token algorithm does not match its key"));
+                }
+                (&external.key, external.algorithm)
+            }
+            _ => return Err(TokenError("Token algorithm not accepted")),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = 30;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &self.issuer {
+            Some(iss) => {
+                validation.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // Provider tokens carry an `aud` we have not been told about: accept it as it is.
+            None => validation.validate_aud = false,
+        }
+        validation.set_required_spec_claims(&required);
+
+        let data =
+            jsonwebtoken::decode::<IncomingClaims>(token, key, &validation).map_err(|err| {
+                use jsonwebtoken::errors::ErrorKind;
+                TokenError(match err.kind() {
+                    ErrorKind::ExpiredSignature => "Token expired",
+                    ErrorKind::ImmatureSignature => "Token not yet valid",
+                    ErrorKind::InvalidSignature => "Invalid token signature",
+                    ErrorKind::InvalidIssuer => "Invalid token issuer",
+                    ErrorKind::InvalidAudience => "Invalid token audience",
+                    ErrorKind::MissingRequiredClaim(_) => "Token is missing a required claim",
+                    ErrorKind::InvalidAlgorithm => "Token algorithm not accepted",
+                    _ => "Invalid token",
+                })
+            })?;
+        principal_from_claims(data.claims)
+    }
+}
+
+fn principal_from_claims(claims: IncomingClaims) -> Result<Principal, TokenError> {
+    let missing = TokenError("Invalid token payload - missing required fields");
+    let user_id = claims.sub.filter(|s| !s.is_empty()).ok_or(TokenError(
+        "Invalid token payload - missing required fields",
+    ))?;
+    let tenant_raw = claims
+        .tenant
+        .or_else(|| claims.organization.and_then(|o| o.slug))
+        .filter(|s| !s.is_empty())
+        .ok_or(missing)?;
+    let tenant = TenantId::parse(&tenant_raw).ok_or(TokenError("Invalid tenant in token"))?;
+    let role = match claims.role {
+        Some(raw) => Role::parse(&raw).ok_or(TokenError("Invalid role in token"))?,
+        None => Role::from_provider_roles(
+            claims
+                .session
+                .iter()
+                .flat_map(|s| s.roles.iter().map(String::as_str)),
+        ),
+    };
+    Ok(Principal {
+        user_id,
+        email: claims.email.unwrap_or_default().to_lowercase(),
+        tenant,
+        role,
+        credential: Credential::Jwt,
+    })
+}
+
+fn load_external_keys(path: &str) -> anyhow::Result<HashMap<Option<String>, ExternalKey>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut keys = HashMap::new();
+    if text.trim_start().starts_with('{') {
+        let set: JwkSet = serde_json::from_str(&text).context("not a JWKS document")?;
+        for jwk in &set.keys {
+            let algorithm = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk)?;
+            keys.insert(jwk.common.key_id.clone(), ExternalKey { key, algorithm });
+        }
+    } else if let Ok(key) = DecodingKey::from_rsa_pem(text.as_bytes()) {
+        keys.insert(
+            None,
+            ExternalKey {
+                key,
+                algorithm: Algorithm::RS256,
+            },
+        );
+    } else {
+        let key = DecodingKey::from_ec_pem(text.as_bytes())
+            .context("neither an RSA nor an EC public key")?;
+        keys.insert(
+            None,
+            ExternalKey {
+                key,
+                algorithm: Algorithm::ES256,
+            },
+        );
+    }
+    anyhow::ensure!(!keys.is_empty(), "no usable RS256/ES256 key");
+    Ok(keys)
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

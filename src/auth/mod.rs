@@ -1,0 +1,17 @@
+//! Identity and access: who a request is (verified JWT or API key → `Principal`), accounts and
+//! their tokens, and the per-resource permission checks every domain calls.
+
+pub mod acl;
+pub mod api_keys;
+pub mod dto;
+pub mod jwt;
+pub mod model;
+pub mod password;
+mod principal;
+pub mod repo;
+pub mod routes;
+pub mod service;
+pub mod tokens;
+
+pub use jwt::AuthKeys;
+pub use model::{Credential, Principal, Role, TenantId};

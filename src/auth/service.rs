@@ -1,0 +1,260 @@
+//! Registration, login, token refresh and logout, invitations and API keys.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+
+use super::dto::*;
+use super::model::{Principal, Role, TenantId};
+use super::{password, repo, tokens};
+use crate::error::{ApiError, Result};
+use crate::state::AppState;
+
+/// A dummy hash at today's cost: an unknown e-mail is checked against it, so it takes as long as
+/// a wrong password and the two answers cannot be told apart by timing.
+static DUMMY_HASH: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+
+async fn dummy_hash() -> Result<&'static str> {
+    DUMMY_HASH
+        .get_or_try_init(|| password::hash("not-a-real-password-0000".to_owned()))
+        .await
+        .map(String::as_str)
+        .map_err(ApiError::Internal)
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::Unauthorized {
+        code: "INVALID_CREDENTIALS",
+        message: "Invalid email or password".to_owned(),
+    }
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+#[instrument(skip_all, fields(tenant))]
+pub async fn register(state: &AppState, req: RegisterRequest) -> Result<TokenResponse> {
+    let email = req.email.trim().to_lowercase();
+    let hash = password::hash(req.password.clone()).await?;
+    let name = req.name.as_deref();
+
+    let (tenant, role, user) = match req.invitation_token.as_deref() {
+        Some(token) => {
+            let digest = sha256(token.as_bytes());
+            let mut tx = state.db.begin_anonymous().await?;
+            let invitation = repo::find_invitation(&mut tx, &digest).await?;
+            tx.commit().await?;
+            let invalid = || {
+                ApiError::bad_request(
+                    "INVALID_INVITATION",
+                    "The invitation is invalid or has expired",
+                )
+            };
+            let invitation = invitation.ok_or_else(invalid)?;
+            if invitation.accepted_at.is_some()
+                || invitation.expires_at < Utc::now()
+                || invitation.email != email
+            {
+                return Err(invalid());
+            }
+            let tenant = TenantId::parse(&invitation.tenant_id).ok_or_else(invalid)?;
+            let role = Role::parse(&invitation.role).unwrap_or(Role::User);
+            let mut tx = state.db.begin(&tenant).await?;
+            if !repo::accept_invitation(&mut tx, &tenant, invitation.id).await? {
+                return Err(invalid());
+            }
+            let user =
+                repo::insert_user(&mut tx, &tenant, &email, name, &hash, role.as_str()).await?;
+            let response = tokens::issue_pair(
+                state,
+                &mut tx,
+                &tenant,
+                user.id,
+                &email,
+                role,
+                user.name.clone(),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(response);
+        }
+        None => {
+            let slug = req.tenant_slug.as_deref().ok_or_else(|| {
+                ApiError::invalid("tenantSlug", "is required to create an organisation")
+            })?;
+            let tenant = TenantId::parse(slug)
+                .ok_or_else(|| ApiError::invalid("tenantSlug", "is not a valid slug"))?;
+            let tenant_name = req.tenant_name.as_deref().unwrap_or(slug);
+            let mut tx = state.db.begin(&tenant).await?;
+            repo::insert_tenant(&mut tx, &tenant, tenant_name).await?;
+            let user =
+                repo::insert_user(&mut tx, &tenant, &email, name, &hash, Role::Admin.as_str())
+                    .await?;
+            let response = tokens::issue_pair(
+                state,
+                &mut tx,
+                &tenant,
+                user.id,
+                &email,
+                Role::Admin,
+                user.name.clone(),
+            )
+            .await?;
+            tx.commit().await?;
+            (tenant, Role::Admin, response)
+        }
+    };
+    tracing::Span::current().record("tenant", tenant.as_str());
+    tracing::info!(role = role.as_str(), "registered a new organisation");
+    Ok(user)
+}
+
+#[instrument(skip_all)]
+pub async fn login(state: &AppState, client: &str, req: LoginRequest) -> Result<TokenResponse> {
+    let email = req.email.trim().to_lowercase();
+    state.limits.check_login(&format!("ip:{client}")).await?;
+    state
+        .limits
+        .check_login(&format!("account:{email}"))
+        .await?;
+
+    let mut tx = state.db.begin_anonymous().await?;
+    let mut candidates = repo::find_logins(&mut tx, &email).await?;
+    tx.commit().await?;
+    if let Some(wanted) = req.tenant.as_deref() {
+        candidates.retain(|c| c.tenant_id == wanted);
+    }
+    if candidates.len() > 1 {
+        return Err(ApiError::bad_request(
+            "TENANT_REQUIRED",
+            "This e-mail belongs to several organisations: add `tenant` to choose one",
+        ));
+    }
+    let Some(user) = candidates.pop() else {
+        // Same work as a wrong password, same answer.
+        let _ = password::verify(req.password, dummy_hash().await?.to_owned()).await?;
+        return Err(invalid_credentials());
+    };
+    let checked = password::verify(req.password.clone(), user.password_hash.clone()).await?;
+    if !checked.ok {
+        return Err(invalid_credentials());
+    }
+    let tenant = TenantId::parse(&user.tenant_id).ok_or_else(invalid_credentials)?;
+    let role = Role::parse(&user.role).unwrap_or(Role::User);
+    let mut tx = state.db.begin(&tenant).await?;
+    if checked.needs_rehash {
+        let fresh = password::hash(req.password).await?;
+        repo::update_password_hash(&mut tx, &tenant, user.id, &fresh).await?;
+    }
+    let found = repo::find_user(&mut tx, &tenant, user.id).await?;
+    let name = found.and_then(|u| u.name);
+    let response =
+        tokens::issue_pair(state, &mut tx, &tenant, user.id, &user.email, role, name).await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+#[instrument(skip_all)]
+pub async fn refresh(state: &AppState, client: &str, req: RefreshRequest) -> Result<TokenResponse> {
+    state.limits.check_login(&format!("ip:{client}")).await?;
+    let digest = sha256(req.refresh_token.as_bytes());
+    let invalid = || ApiError::Unauthorized {
+        code: "INVALID_REFRESH_TOKEN",
+        message: "Invalid refresh token".to_owned(),
+    };
+
+    let mut tx = state.db.begin_anonymous().await?;
+    let row = repo::find_refresh_token(&mut tx, &digest)
+        .await?
+        .ok_or_else(invalid)?;
+    tx.commit().await?;
+    let tenant = TenantId::parse(&row.tenant_id).ok_or_else(invalid)?;
+
+    let mut tx = state.db.begin(&tenant).await?;
+    if row.revoked_at.is_some() || row.expires_at < Utc::now() {
+        return Err(invalid());
+    }
+    if row.rotated_at.is_some() || !repo::mark_refresh_rotated(&mut tx, &tenant, row.id).await? {
+        // A rotated token came back: someone holds a copy. Revoke the whole family.
+        repo::revoke_refresh_family(&mut tx, &tenant, row.family_id).await?;
+        tx.commit().await?;
+        tracing::warn!(family = %row.family_id, "refresh token reuse detected; family revoked");
+        return Err(invalid());
+    }
+    let role = Role::parse(&row.role).unwrap_or(Role::User);
+    let user = repo::find_user(&mut tx, &tenant, row.user_id)
+        .await?
+        .ok_or_else(invalid)?;
+    let response = tokens::issue_in_family(
+        state,
+        &mut tx,
+        &tenant,
+        row.user_id,
+        &row.email,
+        role,
+        user.name,
+        row.family_id,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(response)
+}
+
+#[instrument(skip_all)]
+pub async fn logout(state: &AppState, req: RefreshRequest) -> Result<()> {
+    let digest = sha256(req.refresh_token.as_bytes());
+    let mut tx = state.db.begin_anonymous().await?;
+    let row = repo::find_refresh_token(&mut tx, &digest).await?;
+    tx.commit().await?;
+    // Logging out with an unknown token is not an error: the token is unusable either way.
+    if let Some(row) = row
+        && let Some(tenant) = TenantId::parse(&row.tenant_id)
+    {
+        let mut tx = state.db.begin(&tenant).await?;
+        repo::revoke_refresh_family(&mut tx, &tenant, row.family_id).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant))]
+pub async fn invite(
+    state: &AppState,
+    principal: &Principal,
+    req: InvitationRequest,
+) -> Result<InvitationResponse> {
+    require_admin(principal)?;
+    let token = tokens::random_token("inv_");
+    let expires_at =
+        Utc::now() + ChronoDuration::hours(i64::from(req.expires_in_hours.unwrap_or(72)));
+    let email = req.email.trim().to_lowercase();
+    let created_by = principal.user_id.parse::<i64>().ok();
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let id = repo::insert_invitation(
+        &mut tx,
+        &principal.tenant,
+        &email,
+        req.role.as_str(),
+        &sha256(token.as_bytes()),
+        expires_at,
+        created_by,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(InvitationResponse {
+        id,
+        email,
+        role: req.role,
+        token,
+        expires_at,
+    })
+}
+
+pub fn require_admin(principal: &Principal) -> Result<()> {
+    if principal.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("This action needs the admin role"))
+    }
+}

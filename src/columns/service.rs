@@ -1,0 +1,960 @@
+//! Column rules: creation at the end of the panel's order, formula analysis, the reference's
+//! update rules, renames that carry views and formulas along, deletes that refuse to break
+//! views or formulas unless forced, and reordering — each request one transaction, each
+//! structural change recorded with its impact.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::{Value, json};
+use tracing::instrument;
+
+use super::model::*;
+use super::repo::{self, ColumnUpdate, NewColumn};
+use crate::auth::Principal;
+use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::db::Tx;
+use crate::error::{ApiError, FieldError, Result};
+use crate::etag::{IfMatch, etag};
+use crate::filter::{FilterGroup, FilterNode};
+use crate::idempotency::{self, Outcome};
+use crate::panels::{Access, authorize};
+use crate::state::AppState;
+
+/// Most ids or tags a list query may name.
+const MAX_QUERY_VALUES: usize = 1000;
+
+pub fn not_found() -> ApiError {
+    ApiError::not_found("COLUMN_NOT_FOUND", "Column not found")
+}
+
+fn data_source_not_found() -> ApiError {
+    ApiError::not_found("DATA_SOURCE_NOT_FOUND", "Data source not found")
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
+}
+
+fn column_tag(row: &ColumnRow) -> String {
+    etag("column", row.id, row.version)
+}
+
+/// Names may not hold braces or control characters: formulas refer to columns as `{name}`.
+fn check_name(name: &str) -> Result<()> {
+    if name.chars().any(|c| c == '{' || c == '}' || c.is_control()) {
+        return Err(ApiError::invalid(
+            "name",
+            "must not contain braces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// What the ids and tags of a list query select.
+#[derive(Debug, Default, PartialEq)]
+pub struct ListFilter {
+    pub ids: Option<Vec<i64>>,
+    pub tags: Option<Vec<String>>,
+}
+
+impl ListFilter {
+    /// Reads `ids` (repeated and/or comma-separated) and `tags` (repeated) from the raw query
+    /// pairs; other keys (older clients send `tenantId`, `userId`) are ignored.
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Result<Self> {
+        let mut filter = Self::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "ids" | "ids[]" => {
+                    let ids = filter.ids.get_or_insert_with(Vec::new);
+                    for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                        let id = part.parse().map_err(|_| {
+                            ApiError::invalid("ids", "must be column ids (integers)")
+                        })?;
+                        ids.push(id);
+                    }
+                }
+                "tags" | "tags[]" => filter.tags.get_or_insert_with(Vec::new).push(value),
+                _ => {}
+            }
+        }
+        if filter
+            .ids
+            .as_ref()
+            .is_some_and(|ids| ids.len() > MAX_QUERY_VALUES)
+            || filter
+                .tags
+                .as_ref()
+                .is_some_and(|tags| tags.len() > MAX_QUERY_VALUES)
+        {
+            return Err(ApiError::invalid(
+                "query",
+                format!("at most {MAX_QUERY_VALUES} ids and {MAX_QUERY_VALUES} tags"),
+            ));
+        }
+        Ok(filter)
+    }
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    filter: ListFilter,
+) -> Result<ColumnListResponse> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Read).await?;
+    let rows = repo::list_columns(
+        &mut tx,
+        &principal.tenant,
+        panel_id,
+        filter.ids.as_deref(),
+        filter.tags.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(ColumnListResponse::from_rows(rows))
+}
+
+/// [`list`] through the cache: per reader and query, at the panel's version (column writes bump
+/// it in `routes.rs`, after their commit).
+pub async fn list_cached(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    filter: ListFilter,
+) -> Result<crate::cache::Cached> {
+    use crate::cache::{self, Cached, Depends};
+    let query = match (&filter.ids, &filter.tags) {
+        (None, None) => "all".to_owned(),
+        // Tags are the client's text: hashed, so a key stays short and plain.
+        (ids, tags) => {
+            use sha2::Digest;
+            hex::encode(&sha2::Sha256::digest(format!("{ids:?}{tags:?}"))[..16])
+        }
+    };
+    let rest = format!("{panel_id}:{}:{query}", cache::reader(principal));
+    let depends = Depends::Panel(panel_id);
+    state
+        .cache
+        .read_through("columns", &principal.tenant, depends, &rest, || async {
+            Cached::new(&list(state, principal, panel_id, filter).await?, "")
+        })
+        .await
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id, column_id))]
+pub async fn get(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    column_id: i64,
+) -> Result<(ColumnResponse, String)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Read).await?;
+    let row = repo::find_column(&mut tx, &principal.tenant, panel_id, column_id)
+        .await?
+        .ok_or_else(not_found)?;
+    tx.commit().await?;
+    let tag = column_tag(&row);
+    Ok((row.into(), tag))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+pub async fn create_base(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    req: CreateBaseColumnRequest,
+    idempotency_key: Option<&str>,
+    digest: &[u8],
+) -> Result<Outcome<ColumnResponse>> {
+    // Validation guarantees these; answering 400 rather than panicking keeps a wrong caller safe.
+    let (Some(name), Some(column_type), Some(source_field), Some(data_source_id), Some(properties)) = (
+        req.name,
+        req.column_type,
+        req.source_field,
+        req.data_source_id,
+        req.properties,
+    ) else {
+        return Err(ApiError::invalid(
+            "body",
+            "name, type, sourceField, dataSourceId and properties are required",
+        ));
+    };
+    let name = name.trim();
+    check_name(name)?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    if let Some(key) = idempotency_key
+        && let Some(replay) =
+            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
+    {
+        return Ok(Outcome::Replayed(replay));
+    }
+    if !repo::data_source_exists(&mut tx, &principal.tenant, panel_id, data_source_id).await? {
+        return Err(data_source_not_found());
+    }
+    repo::lock_panel(&mut tx, &principal.tenant, panel_id).await?;
+    let row = repo::insert_column(
+        &mut tx,
+        &principal.tenant,
+        &NewColumn {
+            panel_id,
+            kind: "base",
+            name,
+            column_type: column_type.as_str(),
+            source_field: Some(&source_field),
+            data_source_id: Some(data_source_id),
+            formula: None,
+            dependencies: &json!([]),
+            result_type: None,
+            properties: &to_json(&properties.with_order(0))?,
+            metadata: req.metadata.map(Value::Object).as_ref(),
+            tags: &json!(req.tags.unwrap_or_default()),
+        },
+    )
+    .await?;
+    let response = finish_create(&mut tx, principal, row, idempotency_key).await?;
+    tx.commit().await?;
+    Ok(Outcome::Created(response))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+pub async fn create_calculated(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    req: CreateCalculatedColumnRequest,
+    idempotency_key: Option<&str>,
+    digest: &[u8],
+) -> Result<Outcome<ColumnResponse>> {
+    let (Some(name), Some(column_type), Some(formula), Some(properties)) =
+        (req.name, req.column_type, req.formula, req.properties)
+    else {
+        return Err(ApiError::invalid(
+            "body",
+            "name, type, formula and properties are required",
+        ));
+    };
+    let name = name.trim();
+    check_name(name)?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    if let Some(key) = idempotency_key
+        && let Some(replay) =
+            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
+    {
+        return Ok(Outcome::Replayed(replay));
+    }
+    repo::lock_panel(&mut tx, &principal.tenant, panel_id).await?;
+    let info = analyze_formula(&mut tx, principal, panel_id, None, name, &formula).await?;
+    let row = repo::insert_column(
+        &mut tx,
+        &principal.tenant,
+        &NewColumn {
+            panel_id,
+            kind: "calculated",
+            name,
+            column_type: column_type.as_str(),
+            source_field: None,
+            data_source_id: None,
+            formula: Some(&formula),
+            dependencies: &json!(info.dependencies),
+            result_type: info.result_type.as_deref(),
+            properties: &to_json(&properties.with_order(0))?,
+            metadata: req.metadata.map(Value::Object).as_ref(),
+            tags: &json!(req.tags.unwrap_or_default()),
+        },
+    )
+    .await?;
+    let response = finish_create(&mut tx, principal, row, idempotency_key).await?;
+    tx.commit().await?;
+    Ok(Outcome::Created(response))
+}
+
+/// Records the addition and stores the idempotent response, in the create's transaction.
+async fn finish_create(
+    tx: &mut Tx,
+    principal: &Principal,
+    row: ColumnRow,
+    key: Option<&str>,
+) -> Result<ColumnResponse> {
+    let (id, panel_id, name) = (row.id, row.panel_id, row.name.clone());
+    let response = ColumnResponse::from(row);
+    let body = to_json(&response)?;
+    changes::record(
+        tx,
+        principal,
+        NewChange {
+            panel_id,
+            change_type: ChangeType::ColumnAdded,
+            affected_column: Some(name.clone()),
+            description: format!("Column \"{name}\" added"),
+            old_values: None,
+            new_values: Some(body.clone()),
+        },
+        Affect::Column { id, name: &name },
+    )
+    .await?;
+    if let Some(key) = key {
+        idempotency::store(tx, &principal.tenant, principal, key, &body).await?;
+    }
+    Ok(response)
+}
+
+/// Analyses a calculated column's formula with the formula engine against the panel's columns:
+/// parse, type-check (unknown columns, arity, types — each a 400 with its position), derive the
+/// dependencies from the formula itself (whatever the client sent is replaced), and refuse a
+/// cycle through other formulas (`FORMULA_CYCLE`, with its path). Answers the inferred type.
+pub async fn analyze_formula(
+    tx: &mut Tx,
+    principal: &Principal,
+    panel_id: i64,
+    column_id: Option<i64>,
+    name: &str,
+    formula: &str,
+) -> Result<FormulaInfo> {
+    if formula.trim().is_empty() {
+        return Err(ApiError::invalid("formula", "must not be empty"));
+    }
+    let columns = repo::column_refs(tx, &principal.tenant, panel_id).await?;
+    let checked = check_formula(&columns, column_id, formula)?;
+    if checked.dependencies.iter().any(|d| d == name) {
+        return Err(formula_error(&crate::formula::FormulaError::cycle(&[
+            name.to_owned(),
+            name.to_owned(),
+        ])));
+    }
+    let mut graph: HashMap<String, Vec<String>> = columns
+        .iter()
+        .filter(|c| c.kind == "calculated" && Some(c.id) != column_id && c.name != name)
+        .map(|c| (c.name.clone(), strings(&c.dependencies)))
+        .collect();
+    graph.insert(name.to_owned(), checked.dependencies.clone());
+    if let Some(path) = crate::formula::find_cycle(&graph) {
+        return Err(formula_error(&crate::formula::FormulaError::cycle(&path)));
+    }
+    Ok(FormulaInfo {
+        result_type: Some(checked.result_type.name().to_owned()),
+        dependencies: checked.dependencies,
+    })
+}
+
+/// Parses and type-checks `formula` against the other columns of a panel (a calculated column
+/// counts as its inferred result type); `column_id` is the column being changed, if it exists.
+pub fn check_formula(
+    columns: &[repo::ColumnRef],
+    column_id: Option<i64>,
+    formula: &str,
+) -> Result<crate::formula::Checked> {
+    let schema: crate::formula::Schema = columns
+        .iter()
+        .filter(|c| Some(c.id) != column_id)
+        .map(|c| {
+            let ty = c
+                .result_type
+                .as_deref()
+                .filter(|_| c.kind == "calculated")
+                .and_then(parse_value_type)
+                .unwrap_or_else(|| crate::formula::value_type_for_column_type(&c.column_type));
+            (c.name.clone(), ty)
+        })
+        .collect();
+    crate::formula::analyze(formula, &schema).map_err(|e| formula_error(&e))
+}
+
+fn parse_value_type(raw: &str) -> Option<crate::formula::ValueType> {
+    serde_json::from_value(Value::String(raw.to_owned())).ok()
+}
+
+/// A formula error as the API answers it: 400 with its stable code and position.
+fn formula_error(e: &crate::formula::FormulaError) -> ApiError {
+    ApiError::BadRequest {
+        code: e.code_str().into(),
+        message: e.to_string(),
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A column reference in a formula's text.
+#[derive(Debug, Clone, PartialEq)]
+struct Reference {
+    name: String,
+    braced: bool,
+    /// Byte range of the whole token (braces included).
+    start: usize,
+    end: usize,
+}
+
+/// The column references of a formula, lexed as the formula language does: `{braced names}`
+/// (trimmed) and bare identifiers that are not function calls or `TRUE`/`FALSE`; text inside
+/// quotes (with backslash escapes) is skipped.
+fn references(formula: &str) -> Vec<Reference> {
+    let chars: Vec<(usize, char)> = formula.char_indices().collect();
+    let at = |i: usize| chars.get(i).map(|&(_, c)| c);
+    let offset = |i: usize| chars.get(i).map_or(formula.len(), |&(o, _)| o);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(c) = at(i) {
+        match c {
+            '"' | '\'' => {
+                i += 1;
+                while let Some(d) = at(i) {
+                    i += 1;
+                    if d == '\\' {
+                        i += 1;
+                    } else if d == c {
+                        break;
+                    }
+                }
+            }
+            '{' => {
+                let start = i;
+                i += 1;
+                while at(i).is_some_and(|d| d != '}' && d != '\n') {
+                    i += 1;
+                }
+                if at(i) == Some('}') {
+                    let name = formula[offset(start + 1)..offset(i)].trim();
+                    i += 1;
+                    if !name.is_empty() {
+                        out.push(Reference {
+                            name: name.to_owned(),
+                            braced: true,
+                            start: offset(start),
+                            end: offset(i),
+                        });
+                    }
+                }
+            }
+            c if c.is_alphabetic() || c == '_' => {
+                let start = i;
+                while at(i).is_some_and(|d| d.is_alphanumeric() || d == '_') {
+                    i += 1;
+                }
+                let name = &formula[offset(start)..offset(i)];
+                let mut j = i;
+                while at(j).is_some_and(char::is_whitespace) {
+                    j += 1;
+                }
+                let call = at(j) == Some('(');
+                let keyword =
+                    name.eq_ignore_ascii_case("true") || name.eq_ignore_ascii_case("false");
+                if !call && !keyword {
+                    out.push(Reference {
+                        name: name.to_owned(),
+                        braced: false,
+                        start: offset(start),
+                        end: offset(i),
+                    });
+                }
+            }
+            c if c.is_ascii_digit() || c == '.' => {
+                // A number (digits, a fraction, an exponent): never a reference.
+                while at(i).is_some_and(|d| d.is_alphanumeric() || d == '.') {
+                    i += 1;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// Whether `name` can be written bare in a formula.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_')
+        && !name.eq_ignore_ascii_case("true")
+        && !name.eq_ignore_ascii_case("false")
+}
+
+/// The formula with its references to `old` now naming `new` (bare when `new` can be bare).
+fn rename_in_formula(formula: &str, old: &str, new: &str) -> String {
+    let mut out = formula.to_owned();
+    for r in references(formula).iter().rev().filter(|r| r.name == old) {
+        let replacement = if !r.braced && is_identifier(new) {
+            new.to_owned()
+        } else {
+            format!("{{{new}}}")
+        };
+        out.replace_range(r.start..r.end, &replacement);
+    }
+    out
+}
+
+fn rename_in_filter(group: &FilterGroup, old: &str, new: &str) -> FilterGroup {
+    let conditions = group
+        .conditions
+        .iter()
+        .map(|node| match node {
+            FilterNode::Condition(c) if c.field == old => {
+                let mut c = c.clone();
+                c.field = new.to_owned();
+                FilterNode::Condition(c)
+            }
+            FilterNode::Condition(c) => FilterNode::Condition(c.clone()),
+            FilterNode::Group(g) => FilterNode::Group(rename_in_filter(g, old, new)),
+        })
+        .collect();
+    FilterGroup {
+        conditions,
+        logic: group.logic,
+    }
+}
+
+fn view_filters(value: &Value) -> Option<FilterGroup> {
+    serde_json::from_value(value.clone()).ok()
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id, column_id))]
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    column_id: i64,
+    if_match: &IfMatch,
+    req: UpdateColumnRequest,
+) -> Result<(ColumnResponse, String)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    let current = repo::find_column(&mut tx, &principal.tenant, panel_id, column_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if_match.check(&column_tag(&current))?;
+    let before = to_json(&ColumnResponse::from(current.clone()))?;
+
+    let name = match req.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => current.name.clone(),
+    };
+    check_name(&name)?;
+    let renamed = name != current.name;
+    let column_type = req
+        .column_type
+        .map_or_else(|| current.column_type.clone(), |t| t.as_str().to_owned());
+    let retyped = column_type != current.column_type;
+    let properties = ColumnProperties::from_stored(current.properties.clone())
+        .merged(req.properties.unwrap_or_default());
+    let metadata = match req.metadata {
+        Some(map) => Some(Value::Object(map)),
+        None => current.metadata.clone(),
+    };
+    let tags = match req.tags {
+        Some(tags) => json!(tags),
+        None => current.tags.clone(),
+    };
+
+    let (mut source_field, mut formula) = (current.source_field.clone(), current.formula.clone());
+    let (mut dependencies, mut result_type) =
+        (current.dependencies.clone(), current.result_type.clone());
+    if current.is_calculated() {
+        let new_formula = req
+            .formula
+            .unwrap_or_else(|| current.formula.clone().unwrap_or_default());
+        if renamed || Some(&new_formula) != current.formula.as_ref() {
+            let info = analyze_formula(
+                &mut tx,
+                principal,
+                panel_id,
+                Some(current.id),
+                &name,
+                &new_formula,
+            )
+            .await?;
+            if renamed && info.dependencies.contains(&current.name) {
+                return Err(ApiError::invalid(
+                    "formula",
+                    "a formula cannot refer to its own column",
+                ));
+            }
+            dependencies = json!(info.dependencies);
+            result_type = info.result_type;
+        }
+        formula = Some(new_formula);
+    } else if let Some(field) = req.source_field {
+        source_field = Some(field);
+    }
+
+    let dependents = repo::dependents(
+        &mut tx,
+        &principal.tenant,
+        panel_id,
+        &current.name,
+        column_id,
+    )
+    .await?;
+    if renamed {
+        carry_rename(
+            &mut tx,
+            principal,
+            panel_id,
+            &current.name,
+            &name,
+            &dependents,
+        )
+        .await?;
+    }
+    let row = repo::update_column(
+        &mut tx,
+        &principal.tenant,
+        column_id,
+        &ColumnUpdate {
+            name: &name,
+            column_type: &column_type,
+            source_field: source_field.as_deref(),
+            formula: formula.as_deref(),
+            dependencies: &dependencies,
+            result_type: result_type.as_deref(),
+            properties: &to_json(&properties)?,
+            display_order: properties.order().and_then(|o| i32::try_from(o).ok()),
+            metadata: metadata.as_ref(),
+            tags: &tags,
+        },
+    )
+    .await?;
+    let tag = column_tag(&row);
+    let response = ColumnResponse::from(row);
+    let after = to_json(&response)?;
+    if after != before {
+        let affect = if retyped {
+            Affect::ColumnBroken {
+                id: column_id,
+                name: &name,
+                dependents: &dependents,
+            }
+        } else {
+            Affect::Column {
+                id: column_id,
+                name: &name,
+            }
+        };
+        let description = if retyped {
+            format!(
+                "Column \"{name}\" changed type from {} to {column_type}",
+                current.column_type
+            )
+        } else if renamed {
+            format!("Column \"{}\" renamed to \"{name}\"", current.name)
+        } else {
+            format!("Column \"{name}\" modified")
+        };
+        changes::record(
+            &mut tx,
+            principal,
+            NewChange {
+                panel_id,
+                change_type: ChangeType::ColumnModified,
+                affected_column: Some(name.clone()),
+                description,
+                old_values: Some(before),
+                new_values: Some(after),
+            },
+            affect,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok((response, tag))
+}
+
+/// A rename follows the column everywhere it is named: dependents' formulas and dependency
+/// lists, views' sorts and filters (visible columns hold ids and need nothing).
+async fn carry_rename(
+    tx: &mut Tx,
+    principal: &Principal,
+    panel_id: i64,
+    old: &str,
+    new: &str,
+    dependents: &[(i64, String)],
+) -> Result<()> {
+    if !dependents.is_empty() {
+        let ids: HashSet<i64> = dependents.iter().map(|(id, _)| *id).collect();
+        let columns = repo::column_refs(tx, &principal.tenant, panel_id).await?;
+        let rewritten: Vec<Value> = columns
+            .iter()
+            .filter(|c| ids.contains(&c.id))
+            .map(|c| {
+                let deps: Vec<String> =
+                    strings(&c.dependencies).into_iter().map(|d| if d == old { new.to_owned() } else { d }).collect();
+                json!({
+                    "id": c.id,
+                    "formula": rename_in_formula(c.formula.as_deref().unwrap_or_default(), old, new),
+                    "dependencies": deps,
+                })
+            })
+            .collect();
+        repo::set_formulas(tx, &principal.tenant, &Value::Array(rewritten)).await?;
+    }
+    repo::rename_sorts(tx, &principal.tenant, panel_id, old, new).await?;
+    // The id never matches a view column here (-1): only the filters are of interest.
+    let views = repo::view_uses(tx, &principal.tenant, panel_id, -1, old).await?;
+    let filters: Vec<Value> = views
+        .iter()
+        .filter_map(|v| {
+            let tree = view_filters(&v.filters)?;
+            tree.fields()
+                .contains(&old)
+                .then(|| json!({"id": v.id, "filters": rename_in_filter(&tree, old, new)}))
+        })
+        .collect();
+    if !filters.is_empty() {
+        repo::set_view_filters(tx, &principal.tenant, panel_id, &Value::Array(filters)).await?;
+    }
+    Ok(())
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id, column_id))]
+pub async fn delete(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    column_id: i64,
+    if_match: &IfMatch,
+    force: bool,
+) -> Result<()> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    let current = repo::find_column(&mut tx, &principal.tenant, panel_id, column_id)
+        .await?
+        .ok_or_else(not_found)?;
+    if_match.check(&column_tag(&current))?;
+    let name = current.name.clone();
+
+    let views = repo::view_uses(&mut tx, &principal.tenant, panel_id, column_id, &name).await?;
+    let dependents =
+        repo::dependents(&mut tx, &principal.tenant, panel_id, &name, column_id).await?;
+    let mut uses = Vec::new();
+    let mut filtered = Vec::new();
+    for view in &views {
+        if view.visible {
+            uses.push(format!("view \"{}\" (visible columns)", view.name));
+        }
+        if view.sorted {
+            uses.push(format!("view \"{}\" (sort)", view.name));
+        }
+        if let Some(tree) =
+            view_filters(&view.filters).filter(|t| t.fields().contains(&name.as_str()))
+        {
+            uses.push(format!("view \"{}\" (filter)", view.name));
+            filtered.push(json!({"id": view.id, "filters": tree.without_field(&name)}));
+        }
+    }
+    uses.extend(
+        dependents
+            .iter()
+            .map(|(_, n)| format!("column \"{n}\" (formula)")),
+    );
+    if !uses.is_empty() && !force {
+        return Err(ApiError::conflict(
+            "COLUMN_IN_USE",
+            format!(
+                "Column \"{name}\" is used by {}; delete with ?force=true to remove these references",
+                uses.join(", ")
+            ),
+        ));
+    }
+
+    // Recorded before the references go, so the views that used the column count as broken.
+    let before = to_json(&ColumnResponse::from(current))?;
+    changes::record(
+        &mut tx,
+        principal,
+        NewChange {
+            panel_id,
+            change_type: ChangeType::ColumnRemoved,
+            affected_column: Some(name.clone()),
+            description: format!("Column \"{name}\" removed"),
+            old_values: Some(json!({
+                "column": before,
+                "brokenDependents": dependents.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+                "removedReferences": uses,
+            })),
+            new_values: None,
+        },
+        Affect::ColumnBroken {
+            id: column_id,
+            name: &name,
+            dependents: &dependents,
+        },
+    )
+    .await?;
+    if views.iter().any(|v| v.visible) {
+        repo::hide_column(&mut tx, &principal.tenant, panel_id, column_id).await?;
+    }
+    if views.iter().any(|v| v.sorted) {
+        repo::delete_sorts(&mut tx, &principal.tenant, panel_id, &name).await?;
+    }
+    if !filtered.is_empty() {
+        repo::set_view_filters(
+            &mut tx,
+            &principal.tenant,
+            panel_id,
+            &Value::Array(filtered),
+        )
+        .await?;
+    }
+    if !repo::delete_column(&mut tx, &principal.tenant, column_id).await? {
+        return Err(not_found());
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+pub async fn reorder(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    req: ReorderColumnsRequest,
+) -> Result<ColumnListResponse> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    repo::lock_panel(&mut tx, &principal.tenant, panel_id).await?;
+    let existing: HashSet<i64> = repo::column_ids(&mut tx, &principal.tenant, panel_id)
+        .await?
+        .into_iter()
+        .collect();
+    let listed: HashSet<i64> = req.column_ids.iter().copied().collect();
+    if listed.len() != req.column_ids.len() {
+        return Err(ApiError::invalid(
+            "columnIds",
+            "lists a column more than once",
+        ));
+    }
+    if listed != existing {
+        let mut missing: Vec<i64> = existing.difference(&listed).copied().collect();
+        let mut unknown: Vec<i64> = listed.difference(&existing).copied().collect();
+        missing.sort_unstable();
+        unknown.sort_unstable();
+        let mut details = Vec::new();
+        if !missing.is_empty() {
+            details.push(FieldError::new(
+                "columnIds",
+                format!("misses the panel's columns {missing:?}"),
+            ));
+        }
+        if !unknown.is_empty() {
+            details.push(FieldError::new(
+                "columnIds",
+                format!("names columns that are not in this panel: {unknown:?}"),
+            ));
+        }
+        return Err(ApiError::validation(details));
+    }
+    let rows = repo::reorder_columns(&mut tx, &principal.tenant, panel_id, &req.column_ids).await?;
+    tx.commit().await?;
+    Ok(ColumnListResponse::from_rows(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(formula: &str) -> Vec<(String, bool)> {
+        references(formula)
+            .into_iter()
+            .map(|r| (r.name, r.braced))
+            .collect()
+    }
+
+    #[test]
+    fn references_are_bare_identifiers_and_braced_names() {
+        assert_eq!(
+            names("CONCAT(firstName, ' ', lastName) & {Date of birth}"),
+            vec![
+                ("firstName".into(), false),
+                ("lastName".into(), false),
+                ("Date of birth".into(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn strings_calls_keywords_and_numbers_are_not_references() {
+        assert_eq!(
+            names("IF(TRUE, 'age {x} y', \"q\\\"uoted age\") + 1e5 + 2.5 + false"),
+            vec![]
+        );
+        assert_eq!(names("sum ( a )"), vec![("a".into(), false)]);
+        assert_eq!(names("{  padded  }"), vec![("padded".into(), true)]);
+        assert_eq!(names("{unclosed"), vec![]);
+        assert_eq!(names("{}"), vec![]);
+        assert_eq!(
+            names("âge + _x1"),
+            vec![("âge".into(), false), ("_x1".into(), false)]
+        );
+    }
+
+    #[test]
+    fn renaming_rewrites_only_references() {
+        assert_eq!(
+            rename_in_formula("a + {a} + 'a' + A(a)", "a", "b"),
+            "b + {b} + 'a' + A(b)"
+        );
+        assert_eq!(
+            rename_in_formula("a * 2", "a", "two words"),
+            "{two words} * 2"
+        );
+        assert_eq!(rename_in_formula("{x y} - 1", "x y", "z"), "{z} - 1");
+    }
+
+    #[test]
+    fn list_filter_reads_repeated_and_comma_separated_values() {
+        let pairs = |p: &[(&str, &str)]| {
+            p.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let f = ListFilter::from_pairs(pairs(&[
+            ("ids", "1,2"),
+            ("ids", "3"),
+            ("tags", "a"),
+            ("tenantId", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            f,
+            ListFilter {
+                ids: Some(vec![1, 2, 3]),
+                tags: Some(vec!["a".into()])
+            }
+        );
+        assert!(ListFilter::from_pairs(pairs(&[("ids", "x")])).is_err());
+        assert_eq!(
+            ListFilter::from_pairs(vec![]).unwrap(),
+            ListFilter::default()
+        );
+    }
+
+    #[test]
+    fn properties_merge_like_the_reference() {
+        let stored: ColumnProperties = serde_json::from_value(json!({
+            "required": true, "validation": {"min": 1, "max": 5}, "display": {"width": 100, "order": 2}
+        }))
+        .unwrap();
+        let patch: ColumnProperties =
+            serde_json::from_value(json!({"required": false, "validation": {"pattern": "x"}, "display": {"visible": true}, "junk": 1}))
+                .unwrap();
+        assert_eq!(
+            to_json(&stored.merged(patch)).unwrap(),
+            json!({"required": false, "validation": {"pattern": "x"}, "display": {"width": 100, "visible": true, "order": 2}})
+        );
+        assert_eq!(
+            to_json(&ColumnProperties::default().merged(ColumnProperties::default())).unwrap(),
+            json!({"display": {}})
+        );
+    }
+}

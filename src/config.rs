@@ -1,0 +1,454 @@
+//! One typed configuration, read once from the environment (and `.env` in development).
+//!
+//! Every variable has a default that works on a developer machine with PostgreSQL running, so
+//! `cargo run --release` needs nothing else. A value that does not parse stops start-up with one
+//! line naming the variable. Secrets are kept in `SecretString`, whose `Debug` prints a
+//! placeholder, so the whole struct can be logged without leaking them.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Where the service runs: production refuses insecure shortcuts (a generated JWT secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// `LOG_FORMAT`: machine-readable JSON for production, coloured lines for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub environment: Environment,
+    pub host: IpAddr,
+    pub port: u16,
+    /// The owner (or superuser) connection: creates the database and runs migrations.
+    pub database_url: SecretString,
+    /// Optional separate login role for serving requests; without it the server switches every
+    /// pooled connection to the non-owner runtime role with `SET ROLE`.
+    pub database_app_url: Option<SecretString>,
+    pub database_max_connections: u32,
+    pub database_acquire_timeout: Duration,
+    pub redis_url: Option<SecretString>,
+    pub redis_command_timeout: Duration,
+    pub jwt_secret: Option<SecretString>,
+    pub jwt_access_ttl: Duration,
+    pub jwt_refresh_ttl: Duration,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_public_keys_file: Option<String>,
+    pub log_format: LogFormat,
+    pub rust_log: String,
+    /// Exact origins allowed by CORS; empty means no cross-origin access at all.
+    pub cors_allowed_origins: Vec<String>,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub shutdown_timeout: Duration,
+    pub rate_limit_tenant_rps: u32,
+    pub rate_limit_tenant_burst: u32,
+    pub rate_limit_login_per_minute: u32,
+    /// 32-byte key (hex or base64) for secrets inside data-source configs.
+    pub encryption_key: Option<SecretString>,
+    pub worker_concurrency: usize,
+    /// How long a worker holds a sync run without renewing its lease.
+    pub sync_lease: Duration,
+    /// How long `POST .../sync` waits for the run before answering 202.
+    pub sync_wait: Duration,
+    /// Largest file upload (bytes), read as a stream.
+    pub upload_max_bytes: usize,
+    /// Largest pushed batch of records (bytes).
+    pub push_max_bytes: usize,
+    pub allow_private_source_hosts: bool,
+}
+
+/// A configuration value that could not be used; `Display` is the one line start-up prints.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// Reads the process environment, after loading `.env` if one is present.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        // A missing .env is the normal case in production; a malformed one is worth stopping for.
+        if let Err(err) = dotenvy::dotenv()
+            && !err.not_found()
+        {
+            return Err(ConfigError {
+                name: ".env",
+                reason: err.to_string(),
+            });
+        }
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any name → value lookup (tests pass a map).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let environment = match get("APP_ENV").as_deref() {
+            None | Some("development") | Some("dev") => Environment::Development,
+            Some("production") | Some("prod") => Environment::Production,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "APP_ENV",
+                    reason: format!("expected development or production, got {other:?}"),
+                });
+            }
+        };
+        let log_format = match get("LOG_FORMAT").as_deref() {
+            None => match environment {
+                Environment::Production => LogFormat::Json,
+                Environment::Development => LogFormat::Pretty,
+            },
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "LOG_FORMAT",
+                    reason: format!("expected json or pretty, got {other:?}"),
+                });
+            }
+        };
+
+        let database_url = get("DATABASE_URL")
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/panels".to_owned());
+        if !database_url.starts_with("postgres://") && !database_url.starts_with("postgresql://") {
+            return Err(ConfigError {
+                name: "DATABASE_URL",
+                reason: "expected a postgres:// URL".to_owned(),
+            });
+        }
+        let database_app_url = get("DATABASE_APP_URL");
+        let redis_url = get("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !url.starts_with("redis://")
+            && !url.starts_with("rediss://")
+        {
+            return Err(ConfigError {
+                name: "REDIS_URL",
+                reason: "expected a redis:// URL".to_owned(),
+            });
+        }
+
+        let jwt_secret = get("JWT_SECRET");
+        if let Some(secret) = &jwt_secret
+            && secret.len() < 32
+        {
+            return Err(ConfigError {
+                name: "JWT_SECRET",
+                reason: "must be at least 32 characters".to_owned(),
+            });
+        }
+        if jwt_secret.is_none() && environment == Environment::Production {
+            return Err(ConfigError {
+                name: "JWT_SECRET",
+                reason: "is required when APP_ENV=production".to_owned(),
+            });
+        }
+
+        let request_timeout = millis(&get, "REQUEST_TIMEOUT_MS", 10_000, 1, 600_000)?;
+        let database_acquire_timeout =
+            millis(&get, "DATABASE_ACQUIRE_TIMEOUT_MS", 2_000, 1, 600_000)?;
+        if database_acquire_timeout >= request_timeout {
+            return Err(ConfigError {
+                name: "DATABASE_ACQUIRE_TIMEOUT_MS",
+                reason: "must be shorter than REQUEST_TIMEOUT_MS".to_owned(),
+            });
+        }
+
+        // The sync endpoint waits inside the request: it must answer before the request times out.
+        let default_wait = request_timeout
+            .as_millis()
+            .saturating_sub(1000)
+            .clamp(1, 20_000) as u64;
+        let sync_wait = millis(&get, "SYNC_WAIT_MS", default_wait, 0, 600_000)?;
+        if sync_wait >= request_timeout {
+            return Err(ConfigError {
+                name: "SYNC_WAIT_MS",
+                reason: "must be shorter than REQUEST_TIMEOUT_MS".to_owned(),
+            });
+        }
+
+        let cors_allowed_origins = get("CORS_ALLOWED_ORIGINS")
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_owned())
+                    .filter(|o| !o.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for origin in &cors_allowed_origins {
+            if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return Err(ConfigError {
+                    name: "CORS_ALLOWED_ORIGINS",
+                    reason: format!("expected comma-separated http(s) origins, got {origin:?}"),
+                });
+            }
+        }
+
+        // Checked here so a bad key stops start-up with the variable's name, before any secret
+        // could be written with a key nobody can reproduce.
+        let encryption_key = get("ENCRYPTION_KEY");
+        if let Some(key) = &encryption_key
+            && let Err(reason) = crate::datasources::crypto::decode_key(key)
+        {
+            return Err(ConfigError {
+                name: "ENCRYPTION_KEY",
+                reason,
+            });
+        }
+        if encryption_key.is_none() && environment == Environment::Production {
+            return Err(ConfigError {
+                name: "ENCRYPTION_KEY",
+                reason: "is required when APP_ENV=production".to_owned(),
+            });
+        }
+
+        Ok(Self {
+            environment,
+            host: number(&get, "HOST", IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))?,
+            port: number(&get, "PORT", 3001u16)?,
+            database_url: SecretString::from(database_url),
+            database_app_url: database_app_url.map(SecretString::from),
+            database_max_connections: ranged(&get, "DATABASE_MAX_CONNECTIONS", 10u32, 1, 1000)?,
+            database_acquire_timeout,
+            redis_url: redis_url.map(SecretString::from),
+            redis_command_timeout: millis(&get, "REDIS_COMMAND_TIMEOUT_MS", 100, 1, 60_000)?,
+            jwt_secret: jwt_secret.map(SecretString::from),
+            jwt_access_ttl: Duration::from_secs(ranged(
+                &get,
+                "JWT_ACCESS_TTL",
+                900u64,
+                10,
+                86_400,
+            )?),
+            jwt_refresh_ttl: Duration::from_secs(ranged(
+                &get,
+                "JWT_REFRESH_TTL",
+                30 * 86_400u64,
+                60,
+                365 * 86_400,
+            )?),
+            jwt_issuer: get("JWT_ISSUER"),
+            jwt_audience: get("JWT_AUDIENCE"),
+            jwt_public_keys_file: get("JWT_PUBLIC_KEYS_FILE"),
+            log_format,
+            rust_log: get("RUST_LOG")
+                .unwrap_or_else(|| "info,sqlx=warn,tower_http=info".to_owned()),
+            cors_allowed_origins,
+            request_timeout,
+            max_body_bytes: ranged(&get, "MAX_BODY_BYTES", 1_048_576usize, 1024, 1 << 30)?,
+            shutdown_timeout: millis(&get, "SHUTDOWN_TIMEOUT_MS", 10_000, 0, 600_000)?,
+            rate_limit_tenant_rps: ranged(&get, "RATE_LIMIT_TENANT_RPS", 500u32, 0, 1_000_000)?,
+            rate_limit_tenant_burst: ranged(
+                &get,
+                "RATE_LIMIT_TENANT_BURST",
+                1000u32,
+                0,
+                10_000_000,
+            )?,
+            rate_limit_login_per_minute: ranged(
+                &get,
+                "RATE_LIMIT_LOGIN_PER_MINUTE",
+                10u32,
+                0,
+                100_000,
+            )?,
+            encryption_key: encryption_key.map(SecretString::from),
+            worker_concurrency: ranged(&get, "WORKER_CONCURRENCY", 2usize, 0, 256)?,
+            sync_lease: millis(&get, "SYNC_LEASE_MS", 60_000, 500, 3_600_000)?,
+            sync_wait,
+            upload_max_bytes: ranged(
+                &get,
+                "UPLOAD_MAX_BYTES",
+                256 * 1024 * 1024usize,
+                1024,
+                1 << 34,
+            )?,
+            push_max_bytes: ranged(&get, "PUSH_MAX_BYTES", 32 * 1024 * 1024usize, 1024, 1 << 30)?,
+            allow_private_source_hosts: boolean(&get, "ALLOW_PRIVATE_SOURCE_HOSTS", false)?,
+        })
+    }
+
+    /// The address to bind.
+    pub fn bind_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.host, self.port)
+    }
+
+    /// The owner connection URL (creation of the database and migrations).
+    pub fn database_url(&self) -> &str {
+        self.database_url.expose_secret()
+    }
+}
+
+fn number<T: FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(name) {
+        None => Ok(default),
+        Some(raw) => raw.parse().map_err(|_| ConfigError {
+            name,
+            reason: format!("cannot parse {raw:?}"),
+        }),
+    }
+}
+
+fn ranged<T: FromStr + PartialOrd + std::fmt::Display + Copy>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    let value = number(get, name, default)?;
+    if value < min || value > max {
+        return Err(ConfigError {
+            name,
+            reason: format!("must be between {min} and {max}, got {value}"),
+        });
+    }
+    Ok(value)
+}
+
+fn millis(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    ranged(get, name, default, min, max).map(Duration::from_millis)
+}
+
+fn boolean(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match get(name).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(ConfigError {
+            name,
+            reason: format!("expected true or false, got {other:?}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_serve_a_developer_machine() {
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.port, 3001);
+        assert_eq!(
+            c.database_url(),
+            "postgres://postgres@127.0.0.1:5432/panels"
+        );
+        assert!(c.database_acquire_timeout < c.request_timeout);
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let err = config(&[("PORT", "eighty")]).expect_err("not a port");
+        assert_eq!(err.name, "PORT");
+        assert!(err.to_string().starts_with("invalid configuration: PORT"));
+        assert_eq!(
+            config(&[("LOG_FORMAT", "xml")]).expect_err("bad").name,
+            "LOG_FORMAT"
+        );
+        assert_eq!(
+            config(&[("MAX_BODY_BYTES", "-1")]).expect_err("bad").name,
+            "MAX_BODY_BYTES"
+        );
+        assert_eq!(
+            config(&[("CORS_ALLOWED_ORIGINS", "*")])
+                .expect_err("bad")
+                .name,
+            "CORS_ALLOWED_ORIGINS"
+        );
+    }
+
+    #[test]
+    fn production_requires_a_real_jwt_secret() {
+        assert_eq!(
+            config(&[("APP_ENV", "production")]).expect_err("bad").name,
+            "JWT_SECRET"
+        );
+        assert_eq!(
+            config(&[("JWT_SECRET", "short")]).expect_err("bad").name,
+            "JWT_SECRET"
+        );
+    }
+
+    #[test]
+    fn the_encryption_key_is_checked_and_required_in_production() {
+        let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef-topsecret");
+        assert_eq!(
+            config(&[("ENCRYPTION_KEY", "too-short")])
+                .expect_err("bad")
+                .name,
+            "ENCRYPTION_KEY"
+        );
+        assert_eq!(
+            config(&[("APP_ENV", "production"), secret])
+                .expect_err("missing")
+                .name,
+            "ENCRYPTION_KEY"
+        );
+        let hex_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        config(&[
+            ("APP_ENV", "production"),
+            secret,
+            ("ENCRYPTION_KEY", hex_key),
+        ])
+        .expect("a 64-hex-character key is valid");
+        config(&[(
+            "ENCRYPTION_KEY",
+            "ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=",
+        )])
+        .expect("base64 of 32 bytes is valid");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://u:hunter2hunter2@db/panels"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef-topsecret"),
+        ])
+        .expect("valid");
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2"));
+        assert!(!printed.contains("topsecret"));
+    }
+}

@@ -1,0 +1,209 @@
+//! The sink every connector writes to: batches of records upserted by key with UNNEST (one
+//! statement per batch, never one per row), unchanged rows told apart by hash, per-row problems
+//! recorded with their line.
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use super::SyncError;
+use crate::auth::TenantId;
+use crate::db::Db;
+
+/// Records per batch: large enough to amortise round trips, small enough to bound memory.
+pub const BATCH_SIZE: usize = 1000;
+/// Row errors kept for the run's report (the count goes on past it).
+pub const MAX_REPORTED_ERRORS: usize = 100;
+
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct RowError {
+    /// Line (file sources), record number (others), 1-based.
+    pub line: u64,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct SinkCounts {
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub deleted: u64,
+    pub errors: Vec<RowError>,
+    pub error_count: u64,
+}
+
+pub struct Sink {
+    db: Db,
+    tenant: TenantId,
+    panel_id: i64,
+    data_source_id: i64,
+    run_id: i64,
+    key_field: String,
+    stop_on_error: bool,
+    /// key → (data, hash) in source order (row ids follow it); a key seen twice in a batch keeps
+    /// its first position and its last record.
+    batch: IndexMap<String, (Value, Vec<u8>)>,
+    counts: SinkCounts,
+    /// Stamp unchanged rows with this run (only the `delete` policy needs to know them).
+    track_seen: bool,
+}
+
+impl Sink {
+    pub fn new(
+        db: Db,
+        tenant: TenantId,
+        panel_id: i64,
+        data_source_id: i64,
+        run_id: i64,
+        key_field: String,
+        stop_on_error: bool,
+    ) -> Self {
+        Self {
+            db,
+            tenant,
+            panel_id,
+            data_source_id,
+            run_id,
+            key_field,
+            stop_on_error,
+            batch: IndexMap::with_capacity(BATCH_SIZE),
+            counts: SinkCounts::default(),
+            track_seen: true,
+        }
+    }
+
+    /// Without the `delete` policy nobody asks which rows a run saw: unchanged rows are then not
+    /// written at all (no new row version for a record that did not change).
+    pub fn track_seen(mut self, track: bool) -> Self {
+        self.track_seen = track;
+        self
+    }
+
+    /// Takes one record; flushes when the batch is full.
+    pub async fn record(&mut self, line: u64, record: Value) -> Result<(), SyncError> {
+        let Value::Object(map) = &record else {
+            return self
+                .row_error(line, "a record must be a JSON object".to_owned())
+                .await;
+        };
+        let key = match map.get(&self.key_field) {
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 512 => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::Bool(b)) => b.to_string(),
+            _ => {
+                let message = format!("missing or invalid key field {:?}", self.key_field);
+                return self.row_error(line, message).await;
+            }
+        };
+        // serde_json's map is ordered by key, so equal records hash equally.
+        let hash = Sha256::digest(serde_json::to_vec(&record).unwrap_or_default()).to_vec();
+        self.batch.insert(key, (record, hash));
+        if self.batch.len() >= BATCH_SIZE {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Notes a bad row; stops the sync when the source asks to stop on errors.
+    pub async fn row_error(&mut self, line: u64, message: String) -> Result<(), SyncError> {
+        self.counts.error_count += 1;
+        if self.counts.errors.len() < MAX_REPORTED_ERRORS {
+            self.counts.errors.push(RowError {
+                line,
+                message: message.clone(),
+            });
+        }
+        if self.stop_on_error {
+            return Err(SyncError::Aborted { line, message });
+        }
+        Ok(())
+    }
+
+    /// Writes the current batch in its own transaction (a crash loses at most one batch, and a
+    /// retried run re-applies it idempotently).
+    pub async fn flush(&mut self) -> Result<(), SyncError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut data = Vec::with_capacity(batch.len());
+        let mut hashes = Vec::with_capacity(batch.len());
+        for (key, (record, hash)) in batch {
+            keys.push(key);
+            data.push(record);
+            hashes.push(hash);
+        }
+        let mut tx = self.db.begin(&self.tenant).await?;
+        // One statement per batch. Every row is stamped with this run (the delete policy needs
+        // it); `updated_at` moves only when the record changed, which is how the answer tells an
+        // update (now) from an unchanged row (earlier), and `xmax = 0` tells an insert.
+        let sql = if self.track_seen {
+            "insert into panel_row as p (tenant_id, panel_id, data_source_id, record_key, data, hash, seen_run)
+             select $1, $2, $3, k, d, h, $4 from unnest($5::text[], $6::jsonb[], $7::bytea[]) as t(k, d, h)
+             on conflict on constraint panel_row_key do update
+             set data = case when p.hash = excluded.hash then p.data else excluded.data end,
+                 hash = excluded.hash,
+                 seen_run = excluded.seen_run,
+                 updated_at = case when p.hash = excluded.hash then p.updated_at else now() end
+             returning (xmax = 0), (updated_at = now())"
+        } else {
+            "insert into panel_row as p (tenant_id, panel_id, data_source_id, record_key, data, hash, seen_run)
+             select $1, $2, $3, k, d, h, $4 from unnest($5::text[], $6::jsonb[], $7::bytea[]) as t(k, d, h)
+             on conflict on constraint panel_row_key do update
+             set data = excluded.data, hash = excluded.hash, seen_run = excluded.seen_run, updated_at = now()
+             where p.hash <> excluded.hash
+             returning (xmax = 0), true"
+        };
+        let written = keys.len() as u64;
+        let outcome: Vec<(bool, bool)> = sqlx::query_as(sql)
+            .bind(self.tenant.as_str())
+            .bind(self.panel_id)
+            .bind(self.data_source_id)
+            .bind(self.run_id)
+            .bind(&keys)
+            .bind(&data)
+            .bind(&hashes)
+            .fetch_all(&mut *tx)
+            .await?;
+        // Rows the `where` skipped (unchanged) are not returned.
+        self.counts.unchanged += written - outcome.len() as u64;
+        for (inserted, changed) in outcome {
+            if inserted {
+                self.counts.inserted += 1;
+            } else if changed {
+                self.counts.updated += 1;
+            } else {
+                self.counts.unchanged += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Flushes the last batch and, for a full sync with the `delete` policy, removes the rows
+    /// this run did not see.
+    pub async fn finish(mut self, delete_missing: bool) -> Result<SinkCounts, SyncError> {
+        self.flush().await?;
+        if delete_missing {
+            let mut tx = self.db.begin(&self.tenant).await?;
+            let deleted = sqlx::query(
+                "delete from panel_row where tenant_id = $1 and data_source_id = $2 and seen_run is distinct from $3",
+            )
+            .bind(self.tenant.as_str())
+            .bind(self.data_source_id)
+            .bind(self.run_id)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            self.counts.deleted = deleted.rows_affected();
+        }
+        Ok(self.counts)
+    }
+
+    pub fn counts(&self) -> &SinkCounts {
+        &self.counts
+    }
+}

@@ -1,0 +1,337 @@
+//! Data-source rules: configs validated per type, secrets encrypted before they are stored and
+//! masked whenever they leave, the mask sent back on update keeping the stored secret, a change
+//! record (with masked values) for every add, change and removal — each request one transaction.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use tracing::instrument;
+
+use super::crypto::{
+    self, Crypto, MASK, decrypt_config, encrypt_config, lookup, mask_config, path_name,
+    visit_secrets,
+};
+use super::model::*;
+use super::repo;
+use crate::auth::Principal;
+use crate::cache::Change;
+use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::db::Tx;
+use crate::error::{ApiError, FieldError, Result};
+use crate::etag::{IfMatch, etag};
+use crate::idempotency::{self, Outcome};
+use crate::page::{self, Page};
+use crate::panels::{Access, authorize};
+use crate::state::AppState;
+
+pub fn not_found() -> ApiError {
+    ApiError::not_found("DATA_SOURCE_NOT_FOUND", "Data source not found")
+}
+
+fn tag_of(row: &DataSourceRow) -> String {
+    etag("data_source", row.id, row.version)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// The plaintext config to store: secrets sent as the mask replaced by the stored ones
+/// (`stored`, decrypted; `None` on create, where a mask has nothing to stand for), then checked
+/// for the type, with defaults filled in.
+fn prepare_config(
+    kind: SourceType,
+    config: Map<String, Value>,
+    stored: Option<&Value>,
+) -> Result<Value> {
+    let mut config = Value::Object(config);
+    let mut errors = Vec::new();
+    visit_secrets(&mut config, &mut |path, secret| {
+        if secret.as_str() == Some(MASK) {
+            match stored
+                .and_then(|s| lookup(s, path))
+                .filter(|v| !v.is_null())
+            {
+                Some(kept) => *secret = kept.clone(),
+                None => errors.push(FieldError::new(
+                    path_name(path),
+                    "is the mask of a secret that is not stored; send the value",
+                )),
+            }
+        }
+        Ok(())
+    })?;
+    let Value::Object(mut map) = config else {
+        return Err(ApiError::invalid("config", "must be an object"));
+    };
+    errors.extend(validate_config(kind, &mut map));
+    if errors.is_empty() {
+        Ok(Value::Object(map))
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+/// The secrets (by path) whose value differs between two plaintext configs: a change record
+/// names them, since both sides of a secret read as the mask.
+fn changed_secrets(old: &Value, new: &Value) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut seen = |config: &Value, other: &Value| {
+        let mut copy = config.clone();
+        let _ = visit_secrets(&mut copy, &mut |path, secret| {
+            let name = path_name(path);
+            if lookup(other, path) != Some(secret) && !changed.contains(&name) {
+                changed.push(name);
+            }
+            Ok(())
+        });
+    };
+    seen(new, old);
+    seen(old, new);
+    changed
+}
+
+/// What a change record shows of a source: its type and masked config, never a secret.
+fn snapshot(row: &DataSourceRow) -> Value {
+    json!({ "id": row.id, "type": row.kind, "config": mask_config(&row.config) })
+}
+
+async fn record(
+    tx: &mut Tx,
+    principal: &Principal,
+    panel_id: i64,
+    description: &str,
+    old: Option<Value>,
+    new: Option<Value>,
+) -> Result<()> {
+    changes::record(
+        tx,
+        principal,
+        NewChange {
+            panel_id,
+            change_type: ChangeType::SourceChanged,
+            affected_column: None,
+            description: description.to_owned(),
+            old_values: old,
+            new_values: new,
+        },
+        Affect::Panel,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn find(
+    tx: &mut Tx,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    lock: bool,
+) -> Result<DataSourceRow> {
+    repo::find_data_source(tx, &principal.tenant, panel_id, id, lock)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// The Idempotency-Key digest covers the panel too, so one key reused on another panel is a
+/// different request (422), not a replay of the first panel's source.
+fn scoped_digest(panel_id: i64, body_digest: &[u8]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(panel_id.to_be_bytes());
+    hasher.update(body_digest);
+    hasher.finalize().to_vec()
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id))]
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    req: DataSourceRequest,
+    idempotency_key: Option<&str>,
+    digest: &[u8],
+) -> Result<Outcome<DataSourceResponse>> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    if let Some(key) = idempotency_key
+        && let Some(replay) = idempotency::claim(
+            &mut tx,
+            &principal.tenant,
+            principal,
+            key,
+            &scoped_digest(panel_id, digest),
+        )
+        .await?
+    {
+        return Ok(Outcome::Replayed(replay));
+    }
+    let plain = prepare_config(req.kind, req.config, None)?;
+    let sealed = encrypt_config(&state.crypto, &plain)?;
+    let row = repo::insert_data_source(
+        &mut tx,
+        &principal.tenant,
+        panel_id,
+        req.kind.as_str(),
+        &sealed,
+    )
+    .await?;
+    record(
+        &mut tx,
+        principal,
+        panel_id,
+        "Data source added",
+        None,
+        Some(snapshot(&row)),
+    )
+    .await?;
+    let response = DataSourceResponse::from(&row);
+    if let Some(key) = idempotency_key {
+        idempotency::store(
+            &mut tx,
+            &principal.tenant,
+            principal,
+            key,
+            &to_json(&response)?,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let change = Change::panel("datasource.created", panel_id).with("dataSourceId", response.id);
+    state.cache.committed(&principal.tenant, change).await;
+    Ok(Outcome::Created(response))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id))]
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    page: Page,
+) -> Result<(Vec<DataSourceResponse>, Option<String>)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Read).await?;
+    let rows = repo::list_data_sources(&mut tx, &principal.tenant, panel_id, page).await?;
+    tx.commit().await?;
+    let (rows, next) = page::split(rows, page, |r| r.id);
+    Ok((rows.iter().map(DataSourceResponse::from).collect(), next))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
+pub async fn get(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+) -> Result<(DataSourceResponse, String)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Read).await?;
+    let row = find(&mut tx, principal, panel_id, id, false).await?;
+    tx.commit().await?;
+    Ok((DataSourceResponse::from(&row), tag_of(&row)))
+}
+
+/// Replaces type and config. A request that changes nothing writes nothing (no new version, no
+/// change record).
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    if_match: &IfMatch,
+    req: DataSourceRequest,
+) -> Result<(DataSourceResponse, String)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    let current = find(&mut tx, principal, panel_id, id, true).await?;
+    if_match.check(&tag_of(&current))?;
+    let crypto: &Crypto = &state.crypto;
+    let old_plain = decrypt_config(crypto, &current.config)?;
+    let new_plain = prepare_config(req.kind, req.config, Some(&old_plain))?;
+    if req.kind.as_str() == current.kind && new_plain == old_plain {
+        tx.commit().await?;
+        return Ok((DataSourceResponse::from(&current), tag_of(&current)));
+    }
+    let sealed = crypto::encrypt_config(crypto, &new_plain)?;
+    let row = repo::update_data_source(&mut tx, &principal.tenant, id, req.kind.as_str(), &sealed)
+        .await?;
+    let mut new_values = snapshot(&row);
+    let secrets = changed_secrets(&old_plain, &new_plain);
+    if !secrets.is_empty()
+        && let Value::Object(map) = &mut new_values
+    {
+        map.insert("changedSecrets".to_owned(), json!(secrets));
+    }
+    record(
+        &mut tx,
+        principal,
+        panel_id,
+        "Data source changed",
+        Some(snapshot(&current)),
+        Some(new_values),
+    )
+    .await?;
+    tx.commit().await?;
+    let change = Change::panel("datasource.updated", panel_id).with("dataSourceId", id);
+    state.cache.committed(&principal.tenant, change).await;
+    Ok((DataSourceResponse::from(&row), tag_of(&row)))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
+pub async fn delete(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    if_match: &IfMatch,
+) -> Result<()> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    let current = find(&mut tx, principal, panel_id, id, true).await?;
+    if_match.check(&tag_of(&current))?;
+    if !repo::delete_data_source(&mut tx, &principal.tenant, id).await? {
+        return Err(not_found());
+    }
+    record(
+        &mut tx,
+        principal,
+        panel_id,
+        "Data source removed",
+        Some(snapshot(&current)),
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+    let change = Change::panel("datasource.deleted", panel_id).with("dataSourceId", id);
+    state.cache.committed(&principal.tenant, change).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mask_keeps_a_stored_secret_and_is_refused_without_one() {
+        let stored = json!({"connectionString": "postgres://kept", "query": "select 1"});
+        let sent = json!({"connectionString": MASK, "query": "select 2"})
+            .as_object()
+            .cloned()
+            .expect("object");
+        let plain =
+            prepare_config(SourceType::Database, sent.clone(), Some(&stored)).expect("valid");
+        assert_eq!(plain["connectionString"], "postgres://kept");
+        assert_eq!(plain["query"], "select 2");
+        let err = prepare_config(SourceType::Database, sent, None).expect_err("nothing to keep");
+        assert!(err.to_string().contains("config.connectionString"), "{err}");
+    }
+
+    #[test]
+    fn changed_secrets_are_named_not_shown() {
+        let old = json!({"connectionString": "a", "headers": {"X-Token": "t"}});
+        let new = json!({"connectionString": "b", "headers": {"X-Token": "t", "Y": "y"}});
+        assert_eq!(
+            changed_secrets(&old, &new),
+            ["config.connectionString", "config.headers.Y"]
+        );
+    }
+}

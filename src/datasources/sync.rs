@@ -1,0 +1,598 @@
+//! Sync: pulling a source's records into the panel's rows. `database` and `api` sources sync
+//! through the durable queue (enqueue, then a worker runs it); a `file` source syncs when a file
+//! is uploaded to it; a `custom` source receives batches of records pushed by its client.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::AsyncRead;
+use tracing::instrument;
+use utoipa::ToSchema;
+
+use super::connectors::api::ApiConnector;
+use super::connectors::database::DatabaseConnector;
+use super::connectors::file::FileConnector;
+use super::connectors::sink::RowError;
+use super::connectors::{Common, Connector, Sink, SinkCounts, SyncError};
+use super::crypto::{decrypt_config, mask_config};
+use super::model::DataSourceRow;
+use super::repo;
+use crate::auth::{Credential, Principal, Role, TenantId};
+use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::error::{ApiError, Result};
+use crate::jobs::repo::{self as runs, RunRow};
+use crate::jobs::{Claimed, backoff};
+use crate::panels::{Access, authorize};
+use crate::state::AppState;
+
+/// Records one push may carry.
+pub const MAX_PUSH_RECORDS: usize = 10_000;
+
+/// A sync run as clients see it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunResponse {
+    pub id: i64,
+    /// queued | running | succeeded | failed (will retry) | dead (gave up)
+    #[schema(example = "succeeded")]
+    pub status: String,
+    /// manual | schedule | upload | push
+    pub trigger: String,
+    pub attempts: i32,
+    pub started_at: Option<chrono::DateTime<Utc>>,
+    pub finished_at: Option<chrono::DateTime<Utc>>,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub deleted: i64,
+    #[schema(value_type = Vec<RowError>)]
+    pub errors: Value,
+    pub last_error: Option<String>,
+    /// When a failed run will be tried again.
+    pub next_attempt_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl From<RunRow> for RunResponse {
+    fn from(r: RunRow) -> Self {
+        Self {
+            next_attempt_at: (r.status == "failed").then_some(r.run_at),
+            id: r.id,
+            status: r.status,
+            trigger: r.trigger,
+            attempts: r.attempts,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            inserted: r.inserted,
+            updated: r.updated,
+            unchanged: r.unchanged,
+            deleted: r.deleted,
+            errors: r.errors,
+            last_error: r.last_error,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunListResponse {
+    pub runs: Vec<RunResponse>,
+}
+
+/// The answer of `POST .../sync` and of an upload: the reference's shape plus the run.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResult {
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub config: Value,
+    pub last_sync: chrono::DateTime<Utc>,
+    /// `success` or `error` (the reference's field).
+    pub sync_status: String,
+    pub message: String,
+    /// The run's status (see `run`).
+    pub status: String,
+    pub run_id: i64,
+    /// Records read from the source (inserted + updated + unchanged).
+    pub records_processed: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub deleted: i64,
+    pub run: RunResponse,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!({"records": [{"mrn": "1001", "firstName": "Ada", "lastName": "Lovelace", "age": 36}]}))]
+pub struct PushRequest {
+    /// Up to 10,000 records; each must carry the source's `keyField`.
+    #[schema(value_type = Vec<Object>)]
+    pub records: Vec<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushResponse {
+    pub run_id: i64,
+    pub received: usize,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    /// Records refused, by 1-based position in `records`.
+    pub errors: Vec<RowError>,
+    pub error_count: u64,
+}
+
+/// The actor of changes a sync records.
+fn system(tenant: &TenantId) -> Principal {
+    Principal {
+        user_id: "system:sync".to_owned(),
+        email: String::new(),
+        tenant: tenant.clone(),
+        role: Role::Admin,
+        credential: Credential::Jwt,
+    }
+}
+
+async fn load(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+) -> Result<DataSourceRow> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Build).await?;
+    let row = repo::find_data_source(&mut tx, &principal.tenant, panel_id, id, false)
+        .await?
+        .ok_or_else(super::service::not_found)?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+/// `POST .../sync`: enqueues a run (joining a live one) and waits for it up to the configured
+/// bound; `respond_async` answers at once. Answers the result and whether it finished.
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+pub async fn sync(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    respond_async: bool,
+) -> Result<(SyncResult, bool)> {
+    let source = load(state, principal, panel_id, id).await?;
+    let run = match source.kind.as_str() {
+        "database" | "api" => {
+            let mut tx = state.db.begin(&principal.tenant).await?;
+            let run = runs::enqueue(&mut tx, &principal.tenant, panel_id, id, "manual").await?;
+            tx.commit().await?;
+            state.wakeup.wake();
+            if respond_async {
+                run
+            } else {
+                wait(state, &principal.tenant, run.id).await?
+            }
+        }
+        "file" => {
+            return Err(ApiError::conflict(
+                "UPLOAD_REQUIRED",
+                "A file source syncs when a file is uploaded to .../upload",
+            ));
+        }
+        _ => {
+            // A custom source's records arrive by push: a sync has nothing to pull.
+            let mut tx = state.db.begin(&principal.tenant).await?;
+            let run =
+                runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "manual", "api")
+                    .await?;
+            tx.commit().await?;
+            let sink = Sink::new(
+                state.db.clone(),
+                principal.tenant.clone(),
+                panel_id,
+                id,
+                run.id,
+                "id".to_owned(),
+                false,
+            );
+            finish_run(
+                state,
+                &principal.tenant,
+                run.id,
+                "api",
+                panel_id,
+                id,
+                sink,
+                Ok(()),
+                false,
+                None,
+            )
+            .await?;
+            find_run(state, &principal.tenant, run.id).await?
+        }
+    };
+    let source = load(state, principal, panel_id, id).await?;
+    let finished = matches!(run.status.as_str(), "succeeded" | "dead" | "failed");
+    Ok((result(&source, run), finished))
+}
+
+fn result(source: &DataSourceRow, run: RunRow) -> SyncResult {
+    let (sync_status, message) = match run.status.as_str() {
+        "succeeded" => ("success", "Data source synced successfully".to_owned()),
+        "queued" | "running" => ("pending", "Sync is in progress".to_owned()),
+        "failed" => (
+            "error",
+            format!(
+                "Sync failed and will be retried: {}",
+                run.last_error.clone().unwrap_or_default()
+            ),
+        ),
+        _ => (
+            "error",
+            format!(
+                "Sync failed: {}",
+                run.last_error.clone().unwrap_or_default()
+            ),
+        ),
+    };
+    SyncResult {
+        id: source.id,
+        kind: source.kind.clone(),
+        config: mask_config(&source.config),
+        last_sync: source.last_sync,
+        sync_status: sync_status.to_owned(),
+        message,
+        status: run.status.clone(),
+        run_id: run.id,
+        records_processed: run.inserted + run.updated + run.unchanged,
+        inserted: run.inserted,
+        updated: run.updated,
+        unchanged: run.unchanged,
+        deleted: run.deleted,
+        run: run.into(),
+    }
+}
+
+async fn find_run(state: &AppState, tenant: &TenantId, id: i64) -> Result<RunRow> {
+    let mut tx = state.db.begin(tenant).await?;
+    let run = runs::find(&mut tx, tenant, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("RUN_NOT_FOUND", "Sync run not found"))?;
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// Polls a run until it ends (or fails once) or the wait bound passes.
+async fn wait(state: &AppState, tenant: &TenantId, id: i64) -> Result<RunRow> {
+    let deadline = Instant::now() + state.config.sync_wait;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let run = find_run(state, tenant, id).await?;
+        if matches!(run.status.as_str(), "succeeded" | "dead" | "failed")
+            || Instant::now() >= deadline
+        {
+            return Ok(run);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+pub async fn list_runs(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    limit: i64,
+) -> Result<RunListResponse> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    authorize(&mut tx, principal, panel_id, Access::Read).await?;
+    repo::find_data_source(&mut tx, &principal.tenant, panel_id, id, false)
+        .await?
+        .ok_or_else(super::service::not_found)?;
+    let rows = runs::list(&mut tx, &principal.tenant, id, limit).await?;
+    tx.commit().await?;
+    Ok(RunListResponse {
+        runs: rows.into_iter().map(RunResponse::from).collect(),
+    })
+}
+
+/// Runs a claimed run to its end (called by a worker holding the run's lease).
+pub async fn execute(state: &AppState, tenant: &TenantId, worker: &str, claimed: &Claimed) {
+    let outcome = async {
+        let mut tx = state.db.begin(tenant).await?;
+        let source = repo::find_data_source(
+            &mut tx,
+            tenant,
+            claimed.panel_id,
+            claimed.data_source_id,
+            false,
+        )
+        .await?;
+        tx.commit().await?;
+        let Some(source) = source else {
+            return Err(SyncError::Config(
+                "the data source no longer exists".to_owned(),
+            ));
+        };
+        let config = decrypt_config(&state.crypto, &source.config)
+            .map_err(|e| SyncError::Config(e.to_string()))?;
+        let common = Common::from_config(&config);
+        let mut sink = Sink::new(
+            state.db.clone(),
+            tenant.clone(),
+            claimed.panel_id,
+            claimed.data_source_id,
+            claimed.id,
+            common.key_field.clone(),
+            common.stop_on_error,
+        )
+        .track_seen(common.delete_missing);
+        let pulled = match source.kind.as_str() {
+            "database" => {
+                DatabaseConnector::from_config(&config)?
+                    .pull(&mut sink)
+                    .await
+            }
+            "api" => {
+                ApiConnector::from_config(&config, state.config.allow_private_source_hosts)?
+                    .pull(&mut sink)
+                    .await
+            }
+            other => Err(SyncError::Config(format!(
+                "a {other} source is not synced by a worker"
+            ))),
+        };
+        Ok::<_, SyncError>((sink, pulled, common.delete_missing))
+    }
+    .await;
+    let (sink, pulled, delete_missing) = match outcome {
+        Ok(parts) => parts,
+        Err(err) => {
+            let sink = Sink::new(
+                state.db.clone(),
+                tenant.clone(),
+                claimed.panel_id,
+                claimed.data_source_id,
+                claimed.id,
+                String::new(),
+                false,
+            );
+            (sink, Err(err), false)
+        }
+    };
+    let attempts = Some((claimed.attempts, claimed.max_attempts));
+    if let Err(err) = finish_run(
+        state,
+        tenant,
+        claimed.id,
+        worker,
+        claimed.panel_id,
+        claimed.data_source_id,
+        sink,
+        pulled,
+        delete_missing,
+        attempts,
+    )
+    .await
+    {
+        tracing::error!(error = %err, "recording the end of a sync run failed");
+    }
+}
+
+/// Finishes the sink and records the run's end: success (with a change record when rows
+/// changed), a retry later, or dead. `attempts` is (done, allowed); `None` means no retry.
+#[allow(clippy::too_many_arguments)] // the identity of one run and its result
+async fn finish_run(
+    state: &AppState,
+    tenant: &TenantId,
+    run_id: i64,
+    worker: &str,
+    panel_id: i64,
+    data_source_id: i64,
+    sink: Sink,
+    pulled: Result<(), SyncError>,
+    delete_missing: bool,
+    attempts: Option<(i32, i32)>,
+) -> Result<SinkCounts> {
+    let finished = match pulled {
+        Ok(()) => sink.finish(delete_missing).await,
+        Err(err) => Err(err),
+    };
+    let mut tx = state.db.begin(tenant).await?;
+    let counts = match finished {
+        Ok(counts) => {
+            let outcome = runs::Outcome {
+                status: "succeeded",
+                inserted: counts.inserted,
+                updated: counts.updated,
+                unchanged: counts.unchanged,
+                deleted: counts.deleted,
+                errors: json!(counts.errors),
+                last_error: None,
+                retry_at: None,
+            };
+            runs::finish(&mut tx, tenant, run_id, worker, &outcome).await?;
+            repo::touch_last_sync(&mut tx, tenant, data_source_id).await?;
+            if counts.inserted + counts.updated + counts.deleted > 0 {
+                changes::record(
+                    &mut tx,
+                    &system(tenant),
+                    NewChange {
+                        panel_id,
+                        change_type: ChangeType::SourceChanged,
+                        affected_column: None,
+                        description: format!(
+                            "Sync of data source {data_source_id}: {} added, {} updated, {} removed",
+                            counts.inserted, counts.updated, counts.deleted
+                        ),
+                        old_values: None,
+                        new_values: Some(json!({"dataSourceId": data_source_id, "runId": run_id, "inserted": counts.inserted, "updated": counts.updated, "deleted": counts.deleted})),
+                    },
+                    Affect::Nobody,
+                )
+                .await?;
+            }
+            counts
+        }
+        Err(err) => {
+            let permanent = matches!(err, SyncError::Config(_) | SyncError::Aborted { .. });
+            let (status, retry_at) = match attempts {
+                Some((done, allowed)) if !permanent && done < allowed => {
+                    let delay = chrono::Duration::from_std(backoff(done)).unwrap_or_default();
+                    ("failed", Some(Utc::now() + delay))
+                }
+                _ => ("dead", None),
+            };
+            tracing::warn!(error = %err, status, "sync run did not succeed");
+            let outcome = runs::Outcome {
+                status,
+                inserted: 0,
+                updated: 0,
+                unchanged: 0,
+                deleted: 0,
+                errors: json!([]),
+                last_error: Some(err.to_string().chars().take(2000).collect()),
+                retry_at,
+            };
+            runs::finish(&mut tx, tenant, run_id, worker, &outcome).await?;
+            SinkCounts::default()
+        }
+    };
+    tx.commit().await?;
+    Ok(counts)
+}
+
+/// `POST .../upload`: reads the file from the request as it arrives and syncs it, in this request.
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+pub async fn upload<R: AsyncRead + Unpin + Send>(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    content_type: Option<&str>,
+    body: R,
+) -> Result<SyncResult> {
+    let source = load(state, principal, panel_id, id).await?;
+    if source.kind != "file" {
+        return Err(ApiError::conflict(
+            "NOT_A_FILE_SOURCE",
+            "Only file sources take uploads",
+        ));
+    }
+    let config = decrypt_config(&state.crypto, &source.config)?;
+    let common = Common::from_config(&config);
+    let connector = FileConnector::from_config(&config, content_type, body)
+        .map_err(|e| ApiError::bad_request("INVALID_SOURCE_CONFIG", e.to_string()))?;
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let run =
+        runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "upload", "upload").await?;
+    tx.commit().await?;
+    let mut sink = Sink::new(
+        state.db.clone(),
+        principal.tenant.clone(),
+        panel_id,
+        id,
+        run.id,
+        common.key_field.clone(),
+        common.stop_on_error,
+    )
+    .track_seen(common.delete_missing);
+    let pulled = connector.pull(&mut sink).await;
+    finish_run(
+        state,
+        &principal.tenant,
+        run.id,
+        "upload",
+        panel_id,
+        id,
+        sink,
+        pulled,
+        common.delete_missing,
+        None,
+    )
+    .await?;
+    let run = find_run(state, &principal.tenant, run.id).await?;
+    let source = load(state, principal, panel_id, id).await?;
+    Ok(result(&source, run))
+}
+
+/// `POST .../records`: upserts a pushed batch into a custom source (no deletions: a push is
+/// never the whole source).
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+pub async fn push(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: i64,
+    id: i64,
+    req: PushRequest,
+) -> Result<PushResponse> {
+    if req.records.len() > MAX_PUSH_RECORDS {
+        return Err(ApiError::invalid(
+            "records",
+            format!("at most {MAX_PUSH_RECORDS} records per request"),
+        ));
+    }
+    let source = load(state, principal, panel_id, id).await?;
+    if source.kind != "custom" {
+        return Err(ApiError::conflict(
+            "NOT_A_CUSTOM_SOURCE",
+            "Only custom sources take pushed records",
+        ));
+    }
+    let config = decrypt_config(&state.crypto, &source.config)?;
+    let common = Common::from_config(&config);
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let run =
+        runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "push", "push").await?;
+    tx.commit().await?;
+    let mut sink = Sink::new(
+        state.db.clone(),
+        principal.tenant.clone(),
+        panel_id,
+        id,
+        run.id,
+        common.key_field.clone(),
+        false,
+    )
+    .track_seen(false);
+    let received = req.records.len();
+    let mut pushed = Ok(());
+    for (i, record) in req.records.into_iter().enumerate() {
+        if let Err(err) = sink.record(i as u64 + 1, record).await {
+            pushed = Err(err);
+            break;
+        }
+    }
+    let counts = finish_run(
+        state,
+        &principal.tenant,
+        run.id,
+        "push",
+        panel_id,
+        id,
+        sink,
+        pushed,
+        false,
+        None,
+    )
+    .await?;
+    let run = find_run(state, &principal.tenant, run.id).await?;
+    if run.status != "succeeded" {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "push failed: {}",
+            run.last_error.unwrap_or_default()
+        )));
+    }
+    Ok(PushResponse {
+        run_id: run.id,
+        received,
+        inserted: counts.inserted,
+        updated: counts.updated,
+        unchanged: counts.unchanged,
+        error_count: counts.error_count,
+        errors: counts.errors,
+    })
+}

@@ -1,0 +1,173 @@
+//! Panels: a multi-tenant REST API for configurable data worklists.
+//!
+//! `app(state)` builds the router production serves and the tests drive; `serve(config)` does
+//! everything `panels serve` does: create and migrate the database, connect, listen, drain on
+//! shutdown.
+
+pub mod acls;
+pub mod auth;
+pub mod cache;
+pub mod changes;
+pub mod columns;
+pub mod config;
+pub mod datasources;
+pub mod db;
+pub mod error;
+pub mod etag;
+pub mod extract;
+pub mod filter;
+pub mod formula;
+pub mod health;
+pub mod idempotency;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod page;
+pub mod panels;
+pub mod ratelimit;
+pub mod router;
+pub mod rows;
+pub mod state;
+pub mod telemetry;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+pub use router::app;
+
+use crate::config::Config;
+use crate::state::AppState;
+
+/// Prepares the database (create, migrate) and builds the state shared by every request.
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    db::ensure_database(config.database_url()).await?;
+    db::migrate(config.database_url()).await?;
+    let metrics = metrics::Metrics::new()?;
+    let pool = db::connect(&config).await?;
+    let cache = cache::Cache::new(
+        config.redis_url.as_ref(),
+        config.redis_command_timeout,
+        &cache_namespace(config.database_url())?,
+        metrics.clone(),
+    )?;
+    let auth = auth::AuthKeys::from_config(&config)?;
+    let crypto = datasources::crypto::Crypto::from_config(&config)?;
+    Ok(AppState {
+        wakeup: jobs::Wakeup::default(),
+        db: db::Db::new(pool, metrics.db_waiting.clone()),
+        limits: ratelimit::RateLimiter::new(&config, cache.clone()),
+        cache,
+        auth: Arc::new(auth),
+        crypto: Arc::new(crypto),
+        metrics,
+        config: Arc::new(config),
+    })
+}
+
+/// The cache's namespace: the database's name (checked to be `[A-Za-z0-9_-]` by
+/// `ensure_database`), so instances of one database share their cache and deployments of different
+/// databases on one Redis never read each other's keys.
+fn cache_namespace(database_url: &str) -> anyhow::Result<String> {
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(database_url)
+        .context("DATABASE_URL is not a valid URL")?;
+    Ok(options.get_database().unwrap_or("postgres").to_owned())
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then drains in-flight requests for at
+/// most `SHUTDOWN_TIMEOUT_MS`.
+pub async fn serve_on(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let deadline = state.config.shutdown_timeout;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    let server = server.into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("server failed"),
+        _ = stopping_rx => {}
+    }
+    tracing::info!(
+        deadline_ms = deadline.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
+    match tokio::time::timeout(deadline, server).await {
+        Ok(result) => result.context("server failed"),
+        Err(_) => {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// `panels serve`: everything from configuration to a listening, draining server, with the
+/// sync workers of `WORKER_CONCURRENCY` unless `workers` is false.
+pub async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
+    let addr = config.bind_addr();
+    let state = build_state(config).await?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, "listening");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let handles = if workers {
+        jobs::spawn(&state, state.config.worker_concurrency, stop.clone())
+    } else {
+        Vec::new()
+    };
+    let served = serve_on(state, listener, shutdown_signal()).await;
+    stop.cancel();
+    for handle in handles {
+        let _ = handle.await;
+    }
+    served
+}
+
+/// `panels worker`: sync workers and the scheduler only, until SIGINT/SIGTERM.
+pub async fn work(config: Config) -> anyhow::Result<()> {
+    let state = build_state(config).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let concurrency = state.config.worker_concurrency.max(1);
+    let handles = jobs::spawn(&state, concurrency, stop.clone());
+    tracing::info!(concurrency, "worker running");
+    shutdown_signal().await;
+    stop.cancel();
+    for handle in handles {
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,133 @@
+//! SQL of panels.
+
+use serde_json::{Map, Value};
+use sqlx::PgConnection;
+
+use super::model::PanelRow;
+use crate::auth::TenantId;
+use crate::page::Page;
+
+macro_rules! columns {
+    () => {
+        "p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule, p.metadata, p.version, p.created_at, p.updated_at"
+    };
+}
+
+pub async fn insert_panel(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    user_id: &str,
+    name: &str,
+    description: Option<&str>,
+    cohort_rule: &Value,
+    metadata: &Value,
+) -> sqlx::Result<PanelRow> {
+    sqlx::query_as(concat!(
+        "insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata)
+         values ($1, $2, $3, $4, $5, $6) returning ",
+        columns!()
+    ))
+    .bind(tenant.as_str())
+    .bind(user_id)
+    .bind(name)
+    .bind(description)
+    .bind(cohort_rule)
+    .bind(metadata)
+    .fetch_one(conn)
+    .await
+}
+
+pub async fn find_panel(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+) -> sqlx::Result<Option<PanelRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from panel p where p.tenant_id = $1 and p.id = $2"
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A page of the tenant's panels; with `reader`, only those it has an ACL entry for.
+pub async fn list_panels(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    reader: Option<(&str, &str)>,
+    page: Page,
+) -> sqlx::Result<Vec<PanelRow>> {
+    let (email, user) = reader.unzip();
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from panel p
+         where p.tenant_id = $1 and p.id > $2
+           and ($3::text is null or exists (
+               select 1 from access_control_lists a where a.tenant_id = p.tenant_id and a.resource_type = 'panel'
+                  and a.resource_id = p.id and a.user_email in ($3, $4, '_all')))
+         order by p.id limit $5"
+    ))
+    .bind(tenant.as_str())
+    .bind(page.after)
+    .bind(email)
+    .bind(user)
+    .bind(page.limit + 1)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn update_panel(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+    name: &str,
+    description: Option<&str>,
+    cohort_rule: &Value,
+    metadata: &Map<String, Value>,
+) -> sqlx::Result<PanelRow> {
+    sqlx::query_as(concat!(
+        "update panel p set name = $3, description = $4, cohort_rule = $5, metadata = $6
+         where p.tenant_id = $1 and p.id = $2 returning ",
+        columns!()
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+    .bind(name)
+    .bind(description)
+    .bind(cohort_rule)
+    .bind(Value::Object(metadata.clone()))
+    .fetch_one(conn)
+    .await
+}
+
+/// Deletes the panel; its data sources, columns, views, sorts, changes and notifications go
+/// with it (foreign keys), and its ACL entries and its views' (triggers).
+pub async fn delete_panel(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query("delete from panel where tenant_id = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Name and type of every column of the panel (for validating filter trees).
+pub async fn column_types(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    panel_id: i64,
+) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as("select name, type from panel_column where tenant_id = $1 and panel_id = $2")
+        .bind(tenant.as_str())
+        .bind(panel_id)
+        .fetch_all(conn)
+        .await
+}

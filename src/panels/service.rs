@@ -1,0 +1,316 @@
+//! Panel rules: who may see and change a panel, creation with its owner entry, updates with
+//! optimistic concurrency and change records, and the cascade on delete — each one transaction.
+
+use serde_json::{Map, Value};
+use tracing::instrument;
+
+use super::model::*;
+use super::repo;
+use crate::acls;
+use crate::auth::Principal;
+use crate::auth::acl::{self, Permission, ResourceType};
+use crate::cache::{self, Cached, Change, Depends};
+use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::db::Tx;
+use crate::error::{ApiError, FieldError, Result};
+use crate::etag::{IfMatch, etag};
+use crate::filter::{FieldKind, FilterGroup};
+use crate::idempotency::{self, Outcome};
+use crate::page::{self, Page};
+use crate::state::AppState;
+
+pub const DEFAULT_NAME: &str = "New Panel";
+
+pub fn not_found() -> ApiError {
+    ApiError::not_found("PANEL_NOT_FOUND", "Panel not found")
+}
+
+/// What the caller wants to do with a panel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// See it and everything in it (viewer).
+    Read,
+    /// Change its structure: columns, data sources, cohort (editor, and the builder role).
+    Build,
+    /// Delete it or share it (owner).
+    Own,
+}
+
+/// Loads a panel of the caller's tenant the caller may access as asked. A panel the caller cannot
+/// see at all answers exactly as one that does not exist.
+pub async fn authorize(
+    tx: &mut Tx,
+    principal: &Principal,
+    panel_id: i64,
+    access: Access,
+) -> Result<PanelRow> {
+    let panel = repo::find_panel(tx, &principal.tenant, panel_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let held = acl::permission(tx, principal, ResourceType::Panel, panel_id).await?;
+    let needed = match access {
+        Access::Read => Permission::Viewer,
+        Access::Build => Permission::Editor,
+        Access::Own => Permission::Owner,
+    };
+    acl::require(held, needed, not_found())?;
+    if access != Access::Read && !principal.can_write() {
+        return Err(ApiError::forbidden("This API key is read-only"));
+    }
+    if access == Access::Build && !principal.is_builder() {
+        return Err(ApiError::forbidden(
+            "Changing a panel's structure needs the builder or admin role",
+        ));
+    }
+    Ok(panel)
+}
+
+/// Validates a cohort rule against the panel's columns.
+async fn check_cohort(
+    tx: &mut Tx,
+    principal: &Principal,
+    panel_id: Option<i64>,
+    rule: &FilterGroup,
+) -> Result<()> {
+    let columns = match panel_id {
+        Some(id) => repo::column_types(tx, &principal.tenant, id).await?,
+        None => Vec::new(),
+    };
+    let kind_of = |name: &str| {
+        columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| FieldKind::of_column_type(t))
+    };
+    let errors: Vec<FieldError> = rule.validate("cohortRule", &kind_of);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::validation(errors))
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant))]
+pub async fn create(
+    state: &AppState,
+    principal: &Principal,
+    req: CreatePanelRequest,
+    idempotency_key: Option<&str>,
+    digest: &[u8],
+) -> Result<Outcome<PanelResponse>> {
+    if !principal.is_builder() || !principal.can_write() {
+        return Err(ApiError::forbidden(
+            "Creating a panel needs the builder or admin role",
+        ));
+    }
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    if let Some(key) = idempotency_key
+        && let Some(replay) =
+            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
+    {
+        return Ok(Outcome::Replayed(replay));
+    }
+    let rule = req.cohort_rule.unwrap_or_default();
+    check_cohort(&mut tx, principal, None, &rule).await?;
+    let metadata = Value::Object(req.metadata.unwrap_or_default());
+    let name = req.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    let row = repo::insert_panel(
+        &mut tx,
+        &principal.tenant,
+        &principal.user_id,
+        name.trim(),
+        req.description.as_deref(),
+        &to_json(&rule)?,
+        &metadata,
+    )
+    .await?;
+    acls::repo::insert(
+        &mut tx,
+        &principal.tenant,
+        ResourceType::Panel,
+        row.id,
+        owner_key(principal),
+        Permission::Owner.as_str(),
+    )
+    .await?;
+    let response = PanelResponse::from(row);
+    if let Some(key) = idempotency_key {
+        idempotency::store(
+            &mut tx,
+            &principal.tenant,
+            principal,
+            key,
+            &to_json(&response)?,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let change = Change::panel("panel.created", response.id).lists();
+    state.cache.committed(&principal.tenant, change).await;
+    Ok(Outcome::Created(response))
+}
+
+/// Owner entries are keyed by e-mail; a token without one falls back to its subject.
+pub fn owner_key(principal: &Principal) -> &str {
+    if principal.email.is_empty() {
+        &principal.user_id
+    } else {
+        &principal.email
+    }
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant))]
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    page: Page,
+) -> Result<(Vec<PanelResponse>, Option<String>)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let user = principal.user_id.to_lowercase();
+    let reader = (!principal.is_admin()).then_some((principal.email.as_str(), user.as_str()));
+    let rows = repo::list_panels(&mut tx, &principal.tenant, reader, page).await?;
+    tx.commit().await?;
+    let (rows, next) = page::split(rows, page, |r| r.id);
+    Ok((rows.into_iter().map(PanelResponse::from).collect(), next))
+}
+
+/// [`list`] through the cache: per reader (lists depend on ACLs) and page, at the tenant's list
+/// version. The meta is the next page's cursor.
+pub async fn list_cached(state: &AppState, principal: &Principal, page: Page) -> Result<Cached> {
+    let rest = format!("{}:{}:{}", cache::reader(principal), page.after, page.limit);
+    state
+        .cache
+        .read_through(
+            "panels",
+            &principal.tenant,
+            Depends::Lists,
+            &rest,
+            || async {
+                let (panels, next) = list(state, principal, page).await?;
+                Cached::new(&panels, next.unwrap_or_default())
+            },
+        )
+        .await
+}
+
+/// [`get`] through the cache: per reader, at the panel's version. The meta is the `ETag`.
+pub async fn get_cached(state: &AppState, principal: &Principal, id: i64) -> Result<Cached> {
+    let rest = format!("{id}:{}", cache::reader(principal));
+    state
+        .cache
+        .read_through(
+            "panel",
+            &principal.tenant,
+            Depends::Panel(id),
+            &rest,
+            || async {
+                let (panel, tag) = get(state, principal, id).await?;
+                Cached::new(&panel, tag)
+            },
+        )
+        .await
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
+pub async fn get(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+) -> Result<(PanelResponse, String)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let row = authorize(&mut tx, principal, id, Access::Read).await?;
+    tx.commit().await?;
+    let tag = etag("panel", row.id, row.version);
+    Ok((row.into(), tag))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
+pub async fn update(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+    if_match: &IfMatch,
+    req: UpdatePanelRequest,
+) -> Result<(PanelResponse, String)> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let current = authorize(&mut tx, principal, id, Access::Build).await?;
+    if_match.check(&etag("panel", current.id, current.version))?;
+
+    let name = match req.name.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => current.name.clone(),
+    };
+    let description = match req.description {
+        Some(description) => description,
+        None => current.description.clone(),
+    };
+    let mut metadata = match &current.metadata {
+        Value::Object(map) => map.clone(),
+        _ => Map::new(),
+    };
+    if let Some(patch) = req.metadata {
+        metadata.extend(patch);
+    }
+    let old_rule = current.cohort_rule.clone();
+    let rule = match &req.cohort_rule {
+        Some(rule) => {
+            check_cohort(&mut tx, principal, Some(id), rule).await?;
+            to_json(rule)?
+        }
+        None => old_rule.clone(),
+    };
+    let row = repo::update_panel(
+        &mut tx,
+        &principal.tenant,
+        id,
+        &name,
+        description.as_deref(),
+        &rule,
+        &metadata,
+    )
+    .await?;
+    if rule != old_rule {
+        changes::record(
+            &mut tx,
+            principal,
+            NewChange {
+                panel_id: id,
+                change_type: ChangeType::CohortChanged,
+                affected_column: None,
+                description: "Cohort rule changed".to_owned(),
+                old_values: Some(serde_json::json!({ "cohortRule": old_rule })),
+                new_values: Some(serde_json::json!({ "cohortRule": rule })),
+            },
+            Affect::Panel,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    let change = Change::panel("panel.updated", id).lists();
+    state.cache.committed(&principal.tenant, change).await;
+    let tag = etag("panel", row.id, row.version);
+    Ok((row.into(), tag))
+}
+
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
+pub async fn delete(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+    if_match: &IfMatch,
+) -> Result<()> {
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let current = authorize(&mut tx, principal, id, Access::Own).await?;
+    if_match.check(&etag("panel", current.id, current.version))?;
+    if !repo::delete_panel(&mut tx, &principal.tenant, id).await? {
+        return Err(not_found());
+    }
+    tx.commit().await?;
+    let change = Change::panel("panel.deleted", id).lists();
+    state.cache.committed(&principal.tenant, change).await;
+    Ok(())
+}

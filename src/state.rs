@@ -1,0 +1,33 @@
+//! The application state shared by every handler: cheap to clone (everything inside is an
+//! `Arc` or a handle), passed with `State`, with `FromRef` for the parts extractors need.
+
+use std::sync::Arc;
+
+use crate::db::Db;
+use axum::extract::FromRef;
+
+use crate::auth::AuthKeys;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+
+#[derive(Clone)]
+pub struct AppState {
+    /// Wakes this process's sync workers when it enqueues a run.
+    pub wakeup: crate::jobs::Wakeup,
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub cache: Cache,
+    pub metrics: Metrics,
+    pub auth: Arc<AuthKeys>,
+    pub limits: RateLimiter,
+    /// The cipher of secrets inside data-source configs.
+    pub crypto: Arc<crate::datasources::crypto::Crypto>,
+}
+
+impl FromRef<AppState> for Metrics {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}

@@ -1,0 +1,17 @@
+//! The integration tests: one binary, a real PostgreSQL and a real Redis, the real router on a
+//! real port, called over HTTP as a client would. Each test gets its own database.
+
+mod helpers;
+
+mod acls;
+mod auth;
+mod cache;
+mod columns;
+mod datasources;
+mod formula_differential;
+mod isolation;
+mod operations;
+mod panels;
+mod rows;
+mod sync;
+mod views;
