@@ -107,7 +107,7 @@ pub async fn list(
     .await?;
     let rows =
         repo::list_for_resource(&mut tx, &principal.tenant, resource_type, resource_id).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(AclListResponse {
         acls: rows.into_iter().map(Acl::from).collect(),
     })
@@ -130,7 +130,7 @@ pub async fn list_for_user(
     }
     let mut tx = state.db.begin(&principal.tenant).await?;
     let rows = repo::list_for_user(&mut tx, &principal.tenant, &email, resource_type).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(AclListResponse {
         acls: rows.into_iter().map(Acl::from).collect(),
     })

@@ -140,7 +140,7 @@ pub async fn list_changes(
     };
     let mut tx = state.db.begin(&principal.tenant).await?;
     let (rows, total) = repo::list_changes(&mut tx, &principal.tenant, &filter).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(ChangeListResponse {
         changes: rows.into_iter().map(PanelChange::from).collect(),
         total,
@@ -167,7 +167,7 @@ pub async fn list_notifications(
     let mut tx = state.db.begin(&principal.tenant).await?;
     let (rows, total, unread_count) =
         repo::list_notifications(&mut tx, &principal.tenant, &principal.email, &filter).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(NotificationListResponse {
         notifications: rows.into_iter().map(ViewNotification::from).collect(),
         total,

@@ -112,7 +112,7 @@ pub async fn list(
         filter.tags.as_deref(),
     )
     .await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(ColumnListResponse::from_rows(rows))
 }
 
@@ -155,7 +155,7 @@ pub async fn get(
     let row = repo::find_column(&mut tx, &principal.tenant, panel_id, column_id)
         .await?
         .ok_or_else(not_found)?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     let tag = column_tag(&row);
     Ok((row.into(), tag))
 }

@@ -210,7 +210,7 @@ pub async fn list(
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, panel_id, Access::Read).await?;
     let rows = repo::list_data_sources(&mut tx, &principal.tenant, panel_id, page).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     let (rows, next) = page::split(rows, page, |r| r.id);
     Ok((rows.iter().map(DataSourceResponse::from).collect(), next))
 }
@@ -225,7 +225,7 @@ pub async fn get(
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, panel_id, Access::Read).await?;
     let row = find(&mut tx, principal, panel_id, id, false).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok((DataSourceResponse::from(&row), tag_of(&row)))
 }
 

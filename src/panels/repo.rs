@@ -13,22 +13,32 @@ macro_rules! columns {
     };
 }
 
+/// Inserts a panel and its owner's ACL entry in one statement (one round trip).
+#[allow(clippy::too_many_arguments)]
 pub async fn insert_panel(
     conn: &mut PgConnection,
     tenant: &TenantId,
     user_id: &str,
+    owner: &str,
     name: &str,
     description: Option<&str>,
     cohort_rule: &Value,
     metadata: &Value,
 ) -> sqlx::Result<PanelRow> {
     sqlx::query_as(concat!(
-        "insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata)
-         values ($1, $2, $3, $4, $5, $6) returning ",
-        columns!()
+        "with p as (
+           insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata)
+           values ($1, $2, $4, $5, $6, $7) returning ",
+        columns!(),
+        "), owner as (
+           insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission)
+           select p.tenant_id, 'panel', p.id, $3, 'owner' from p
+         )
+         select * from p"
     ))
     .bind(tenant.as_str())
     .bind(user_id)
+    .bind(owner)
     .bind(name)
     .bind(description)
     .bind(cohort_rule)
@@ -37,20 +47,40 @@ pub async fn insert_panel(
     .await
 }
 
-pub async fn find_panel(
+/// A panel with the reader's highest permission on it, in one round trip. `reader` is the
+/// (e-mail, lower-cased user id) pair of a non-admin; `None` (an admin) reads no ACL and gets
+/// `None` as the permission, which the caller turns into ownership.
+pub async fn find_panel_with_permission(
     conn: &mut PgConnection,
     tenant: &TenantId,
     id: i64,
-) -> sqlx::Result<Option<PanelRow>> {
-    sqlx::query_as(concat!(
+    reader: Option<(&str, &str)>,
+) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
+    let (email, user) = reader.unzip();
+    let row: Option<PanelWithPermission> = sqlx::query_as(concat!(
         "select ",
         columns!(),
-        " from panel p where p.tenant_id = $1 and p.id = $2"
+        ", (select a.permission from access_control_lists a
+             where $3::text is not null and a.tenant_id = p.tenant_id and a.resource_type = 'panel'
+               and a.resource_id = p.id and a.user_email in ($3, $4, '_all')
+             order by case a.permission when 'owner' then 3 when 'editor' then 2 else 1 end desc
+             limit 1) as permission
+         from panel p where p.tenant_id = $1 and p.id = $2"
     ))
     .bind(tenant.as_str())
     .bind(id)
+    .bind(email)
+    .bind(user)
     .fetch_optional(conn)
-    .await
+    .await?;
+    Ok(row.map(|r| (r.panel, r.permission)))
+}
+
+#[derive(sqlx::FromRow)]
+struct PanelWithPermission {
+    #[sqlx(flatten)]
+    panel: PanelRow,
+    permission: Option<String>,
 }
 
 /// A page of the tenant's panels; with `reader`, only those it has an ACL entry for.

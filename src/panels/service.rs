@@ -6,9 +6,8 @@ use tracing::instrument;
 
 use super::model::*;
 use super::repo;
-use crate::acls;
 use crate::auth::Principal;
-use crate::auth::acl::{self, Permission, ResourceType};
+use crate::auth::acl::{self, Permission};
 use crate::cache::{self, Cached, Change, Depends};
 use crate::changes::{self, Affect, ChangeType, NewChange};
 use crate::db::Tx;
@@ -44,10 +43,17 @@ pub async fn authorize(
     panel_id: i64,
     access: Access,
 ) -> Result<PanelRow> {
-    let panel = repo::find_panel(tx, &principal.tenant, panel_id)
+    let user = principal.user_id.to_lowercase();
+    let reader = (!principal.is_admin()).then_some((principal.email.as_str(), user.as_str()));
+    let (panel, held) = repo::find_panel_with_permission(tx, &principal.tenant, panel_id, reader)
         .await?
         .ok_or_else(not_found)?;
-    let held = acl::permission(tx, principal, ResourceType::Panel, panel_id).await?;
+    // Admins hold every permission in their tenant; others the highest of their entries.
+    let held = if principal.is_admin() {
+        Some(Permission::Owner)
+    } else {
+        held.as_deref().and_then(Permission::parse)
+    };
     let needed = match access {
         Access::Read => Permission::Viewer,
         Access::Build => Permission::Editor,
@@ -122,19 +128,11 @@ pub async fn create(
         &mut tx,
         &principal.tenant,
         &principal.user_id,
+        owner_key(principal),
         name.trim(),
         req.description.as_deref(),
         &to_json(&rule)?,
         &metadata,
-    )
-    .await?;
-    acls::repo::insert(
-        &mut tx,
-        &principal.tenant,
-        ResourceType::Panel,
-        row.id,
-        owner_key(principal),
-        Permission::Owner.as_str(),
     )
     .await?;
     let response = PanelResponse::from(row);
@@ -173,7 +171,7 @@ pub async fn list(
     let user = principal.user_id.to_lowercase();
     let reader = (!principal.is_admin()).then_some((principal.email.as_str(), user.as_str()));
     let rows = repo::list_panels(&mut tx, &principal.tenant, reader, page).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     let (rows, next) = page::split(rows, page, |r| r.id);
     Ok((rows.into_iter().map(PanelResponse::from).collect(), next))
 }
@@ -223,7 +221,7 @@ pub async fn get(
 ) -> Result<(PanelResponse, String)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     let row = authorize(&mut tx, principal, id, Access::Read).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     let tag = etag("panel", row.id, row.version);
     Ok((row.into(), tag))
 }

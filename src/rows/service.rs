@@ -62,7 +62,7 @@ pub async fn list(
     let (checked, mut warnings) = check_all(&columns);
     let (sql, args) = repo::page_query(&principal.tenant, panel_id, page, &columns, &checked);
     let rows = repo::fetch_page(&mut tx, sql, args).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
 
     let (rows, next_cursor) = page::split(rows, page, |r| r.id);
     let base: Vec<&ColumnDef> = columns.iter().filter(|c| c.kind == "base").collect();

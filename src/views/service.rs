@@ -206,7 +206,7 @@ pub async fn list(
     } else {
         repo::sorts_of(&mut tx, &principal.tenant, &ids).await?
     };
-    tx.commit().await?;
+    crate::db::end_read(tx);
 
     let mut by_view: HashMap<i64, Vec<SortRow>> = HashMap::new();
     for sort in sorts {
@@ -280,7 +280,7 @@ pub async fn get(
     let mut tx = state.db.begin(&principal.tenant).await?;
     let row = authorize(&mut tx, principal, id, Permission::Viewer).await?;
     let sorts = repo::sorts_of(&mut tx, &principal.tenant, &[id]).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     let tag = view_etag(&row);
     Ok((ViewResponse::new(row, sorts), tag))
 }
