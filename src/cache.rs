@@ -293,6 +293,8 @@ struct Redis {
 struct Inner {
     /// `panels:{namespace}`.
     prefix: String,
+    /// `CACHE_ENABLED`: when false, [`Cache::read_through`] always loads.
+    enabled: bool,
     local: Moka<String, Cached>,
     redis: Option<Redis>,
     /// The versions when there is no Redis.
@@ -315,6 +317,7 @@ impl Cache {
         redis_url: Option<&secrecy::SecretString>,
         command_timeout: Duration,
         namespace: &str,
+        enabled: bool,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let stop = CancellationToken::new();
@@ -348,6 +351,7 @@ impl Cache {
             .build();
         let inner = Arc::new(Inner {
             prefix: prefix.clone(),
+            enabled,
             local,
             redis,
             local_versions: Mutex::new(HashMap::new()),
@@ -484,6 +488,9 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Cached>>,
     {
+        if !self.inner.enabled {
+            return load().await;
+        }
         let Some(versions) = self.versions(cache, tenant, depends).await else {
             self.inner
                 .metrics

@@ -39,6 +39,9 @@ pub struct Config {
     pub database_acquire_timeout: Duration,
     pub redis_url: Option<SecretString>,
     pub redis_command_timeout: Duration,
+    /// `CACHE_ENABLED=false` serves every read from PostgreSQL (an operator's switch, and the
+    /// benchmark's way to measure the database path); rate limits and events still use Redis.
+    pub cache_enabled: bool,
     pub jwt_secret: Option<SecretString>,
     pub jwt_access_ttl: Duration,
     pub jwt_refresh_ttl: Duration,
@@ -229,6 +232,7 @@ impl Config {
             database_acquire_timeout,
             redis_url: redis_url.map(SecretString::from),
             redis_command_timeout: millis(&get, "REDIS_COMMAND_TIMEOUT_MS", 100, 1, 60_000)?,
+            cache_enabled: boolean(&get, "CACHE_ENABLED", true)?,
             jwt_secret: jwt_secret.map(SecretString::from),
             jwt_access_ttl: Duration::from_secs(ranged(
                 &get,

@@ -53,6 +53,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         config.redis_url.as_ref(),
         config.redis_command_timeout,
         &cache_namespace(config.database_url())?,
+        config.cache_enabled,
         metrics.clone(),
     )?;
     let auth = auth::AuthKeys::from_config(&config)?;

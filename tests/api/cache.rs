@@ -255,6 +255,33 @@ async fn a_write_through_one_instance_is_read_at_once_through_the_other() {
     );
 }
 
+/// `CACHE_ENABLED=false`: every read goes to PostgreSQL, so even a change made behind the
+/// server's back (no version bump) is read at once, and the cache counts nothing.
+#[tokio::test]
+async fn with_the_cache_switched_off_every_read_comes_from_the_database() {
+    let app = TestApp::spawn_with(&[("CACHE_ENABLED", "false")]).await;
+    let token = admin();
+    let id = create_panel(&app, &token, "Before").await;
+    assert_eq!(panel_name(&app, &token, id).await, "Before");
+    assert_eq!(listed(&app, &token).await, vec!["Before"]);
+
+    sqlx::query("update panel set name = 'Behind its back' where id = $1")
+        .bind(id)
+        .execute(&app.owner_pool().await)
+        .await
+        .expect("update");
+    assert_eq!(panel_name(&app, &token, id).await, "Behind its back");
+    assert_eq!(listed(&app, &token).await, vec!["Behind its back"]);
+
+    let metrics = app.get("/metrics").send().await.text;
+    for counter in ["cache_hits_total{", "cache_misses_total{"] {
+        assert!(
+            !metrics.lines().any(|l| l.starts_with(counter)),
+            "{counter} in {metrics}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn columns_and_views_are_fresh_after_writes_through_either_instance() {
     let (a, b) = two_instances(&[]).await;
