@@ -25,6 +25,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +33,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,6 +55,17 @@ REFERENCE_RSS_MB = 470
 def env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def redis_answers(url: str) -> bool:
+    """PING over a plain socket (redis://host:port only; the standard library has no client)."""
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 6379), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def seconds(raw: str) -> float:
@@ -80,6 +93,12 @@ DB = env("BENCH_DB", "panels_bench")
 PGBENCH_DB = env("BENCH_PGBENCH_DB", "panels_bench_pgbench")
 COMPRESSION = env("BENCH_COMPRESSION", "on") == "on"
 ONLY = {s for s in env("BENCH_SCENARIOS", "").split(",") if s}
+# Production runs with Redis (shared cache versions, rate limits, events): so does the benchmark,
+# when one answers. BENCH_REDIS_URL= (empty) runs without it: in-process cache only.
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379").strip()
+NO_CACHE = {"CACHE_ENABLED": "false"}
+# Scenarios that run on a server started with other settings.
+SCENARIO_ENV = {"get_panel_db": NO_CACHE}
 OHA = env("OHA", str(ROOT / "target" / "bench-tools" / "bin" / "oha"))
 SERVER_BIN = env("BENCH_SERVER_BIN", str(ROOT / "target" / "release" / "panels"))
 BASE = f"http://127.0.0.1:{PORT}"
@@ -278,11 +297,11 @@ class Server:
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, extra: dict[str, str] | None = None) -> None:
         logf = open(self.log_path, "ab")
         # Its own session: a signal meant for the driver's terminal or process group is not its.
         self.proc = subprocess.Popen(
-            [SERVER_BIN, "serve"], env=self.env, stdout=logf, stderr=subprocess.STDOUT,
+            [SERVER_BIN, "serve"], env={**self.env, **(extra or {})}, stdout=logf, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + 60
@@ -447,23 +466,26 @@ def drive(load: Load, server: "Server", tmp: Path, connections: int, rate: float
 # pgbench
 
 
+# What GET /api/panels/{id} sends on a cache miss, after `begin; set_config(...)`: the panel and
+# the reader's highest ACL entry in one statement (src/panels/repo.rs); the transaction then ends
+# with a ROLLBACK that goes out with the pool's release check.
 PANEL_SQL = (
     "select p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule, p.metadata, p.version, "
-    "p.created_at, p.updated_at from panel p where p.tenant_id = '{t}' and p.id = :id;\n"
-    "select permission from access_control_lists where tenant_id = '{t}' and resource_type = 'panel' "
-    "and resource_id = :id and user_email in ('{email}', '{sub}', '_all') "
-    "order by case permission when 'owner' then 3 when 'editor' then 2 else 1 end desc limit 1;\n"
+    "p.created_at, p.updated_at, (select a.permission from access_control_lists a where a.tenant_id = p.tenant_id "
+    "and a.resource_type = 'panel' and a.resource_id = p.id and a.user_email in ('{email}', '{sub}', '_all') "
+    "order by case a.permission when 'owner' then 3 when 'editor' then 2 else 1 end desc limit 1) as permission "
+    "from panel p where p.tenant_id = '{t}' and p.id = :id;\n"
 )
 
 
+# What POST /api/panels sends inside its transaction: the panel and its owner entry, one statement.
 CREATE_SQL = (
-    "insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata) "
+    "with p as (insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata) "
     "values ('{t}', '{sub}', 'Bench panel', 'Created by the load benchmark', "
-    "'{{\"conditions\": [], \"logic\": \"AND\"}}', '{{\"source\": \"bench\"}}') returning p.id as pid, "
-    "p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule, p.metadata, p.version, p.created_at, p.updated_at \\gset\n"
-    "insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission) "
-    "values ('{t}', 'panel', :pid, '{email}', 'owner') returning id, tenant_id, resource_type, resource_id, "
-    "user_email, permission, version, created_at, updated_at;\n"
+    "'{{\"conditions\": [], \"logic\": \"AND\"}}', '{{\"source\": \"bench\"}}') returning "
+    "p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule, p.metadata, p.version, p.created_at, p.updated_at), "
+    "owner as (insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission) "
+    "select p.tenant_id, 'panel', p.id, '{email}', 'owner' from p) select * from p;\n"
 )
 
 
@@ -599,7 +621,13 @@ def main() -> int:
         "RATE_LIMIT_TENANT_BURST": "10000000",
         "RATE_LIMIT_LOGIN_PER_MINUTE": "100000",
     }
-    for passthrough in ("RUST_LOG", "WORKER_CONCURRENCY", "REDIS_URL"):
+    redis_note = "none (BENCH_REDIS_URL is empty): in-process cache only"
+    if REDIS_URL and redis_answers(REDIS_URL):
+        server_env["REDIS_URL"] = REDIS_URL
+        redis_note = f"{REDIS_URL} (cache versions, rate limits and events, as in production)"
+    elif REDIS_URL:
+        redis_note = f"none: {REDIS_URL} did not answer PING, so the server ran with its in-process cache only"
+    for passthrough in ("RUST_LOG", "WORKER_CONCURRENCY"):
         if os.environ.get(passthrough):
             server_env[passthrough] = os.environ[passthrough]
     server = Server(server_env, OUT / f"{stamp}-server.log")
@@ -607,7 +635,7 @@ def main() -> int:
     results: dict[str, Result] = {}
     rls_pairs: dict[str, tuple[str, Outcome, Outcome]] = {}
     notes: list[str] = []
-    load_info = {"start": os.getloadavg()}
+    load_info = {"start": os.getloadavg(), "redis": redis_note}
 
     def selected(key: str) -> bool:
         return not ONLY or key in ONLY
@@ -628,13 +656,13 @@ def main() -> int:
             "begin;\n"
             f"select set_config('app.tenant', '{reads.slug}', true);\n"
             + PANEL_SQL.format(t=reads.slug, email=reads.email, sub=reads.sub)
-            + "commit;\n"
+            + "rollback;\n"
         )
         # As the runtime role, like the server's pool, so row-level security applies.
         role_env = {"PGOPTIONS": "-c role=panels_app"}
         rls_initial_on = RLS_MODE != "off"
         set_rls(tables, rls_initial_on)
-        log("pgbench: the SQL of GET /api/panels/{id} (begin, set tenant, panel, ACL, commit)")
+        log("pgbench: the SQL of GET /api/panels/{id} on a cache miss (begin + set tenant, panel with ACL, rollback)")
         sql_floor = pgbench(DB, tmp, ["-f", str(floor_script)], role_env)
         log(f"  {sql_floor.rps:,.0f} tps, p99 {sql_floor.p99:.2f} ms")
         floor_tenant = tenant(60)
@@ -645,7 +673,7 @@ def main() -> int:
             + CREATE_SQL.format(t=floor_tenant.slug, email=floor_tenant.email, sub=floor_tenant.sub)
             + "commit;\n"
         )
-        log("pgbench: the SQL of POST /api/panels (begin, set tenant, insert panel, insert ACL, commit)")
+        log("pgbench: the SQL of POST /api/panels (begin, set tenant, insert panel and ACL, commit)")
         create_floor = pgbench(DB, tmp, ["-f", str(create_script)], role_env)
         log(f"  {create_floor.rps:,.0f} tps, p99 {create_floor.p99:.2f} ms")
 
@@ -687,6 +715,8 @@ def main() -> int:
         loads: dict[str, tuple[str, Load, int]] = {
             "health": ("GET /health", Load("GET", [f"{BASE}/health"]), CONNECTIONS),
             "get_panel": ("GET /api/panels/{id}", Load("GET", panel_urls(reads), [reads.auth]), CONNECTIONS),
+            "get_panel_db": ("GET /api/panels/{id}, cache off (every read from PostgreSQL)",
+                             Load("GET", panel_urls(reads), [reads.auth]), CONNECTIONS),
             "list_panels": ("GET /api/panels", Load("GET", [f"{BASE}/api/panels"], [reads.auth]), CONNECTIONS),
             "get_view": ("GET /api/views/{id}", Load("GET", [f"{BASE}/api/views/{v}" for v in reads.view_ids()], [reads.auth]), CONNECTIONS),
             "rows": ("GET /api/panels/{id}/rows?limit=50",
@@ -702,6 +732,7 @@ def main() -> int:
         login_load = ("POST /api/auth/login (argon2)",
                       Load("POST", [f"{BASE}/api/auth/login"], [],
                            json.dumps({"email": "login@bench.example", "password": password})), 4)
+        # RLS is measured on the database path (cache off): a cache hit reads no table at all.
         read_keys = ["get_panel", "list_panels", "get_view", "rows"]
 
         # ---- single-endpoint scenarios -----------------------------------------------------
@@ -724,12 +755,12 @@ def main() -> int:
                 res.available = False
                 return
             server.stop()
-            server.start()
+            server.start(SCENARIO_ENV.get(key))
             log(f"{title}: capacity ({conns} connections, closed loop)")
             res.capacity = drive(load, server, tmp, conns, None, warmup=True)
             cap = res.capacity.rps
             rate = LOAD_FRACTION * cap
-            if key == "get_panel":
+            if key in ("get_panel", "get_panel_db"):
                 target = 0.5 * pg_ceiling.rps
                 if cap >= target:
                     rate = target
@@ -790,7 +821,7 @@ def main() -> int:
                             for enabled in ABBA:
                                 server.stop()
                                 set_rls(tables, enabled)
-                                server.start()
+                                server.start(NO_CACHE)
                                 runs[enabled].append(drive(load, server, tmp, conns, None, warmup=True, duration=half))
                         except ServerDied as died:
                             notes.append(f"RLS comparison of {title}: {died}; left out.")
@@ -973,14 +1004,17 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         f"throughput, then a constant rate (oha -q, --latency-correction) at {LOAD_FRACTION:.0%} of it for latency "
         f"(GET /api/panels/{{id}}: at half the pgbench ceiling). Compression {'on (oha sends Accept-Encoding: gzip, br …, like a browser)' if COMPRESSION else 'off'}.",
         f"- Load generator (oha) and PostgreSQL run on the same 2 cores as the server. Row-level security: {RLS_MODE}.",
+        f"- Redis: {load_info['redis']}. Reads go through the cache (a hit still reads the entry's versions from "
+        "Redis); the scenario marked *cache off* and the row-level security pairs run with `CACHE_ENABLED=false`, "
+        "so every read reaches PostgreSQL.",
         "",
         "## Ceilings",
         "",
         "| Reference | req/s | p50 ms | p99 ms | p99.9 ms | DB CPU s / 1k |",
         "|---|---:|---:|---:|---:|---:|",
         f"| pgbench -S -M prepared (one-row indexed read) | {fmt(pg.rps, 0)} | {fmt(pg.p50, 2)} | {fmt(pg.p99, 2)} | {fmt(pg.p999, 2)} | {fmt(pg.db_cpu_per_1k(), 3)} |",
-        f"| pgbench: the SQL of GET /api/panels/{{id}} (5 statements, as panels_app) | {fmt(floor.rps, 0)} | {fmt(floor.p50, 2)} | {fmt(floor.p99, 2)} | {fmt(floor.p999, 2)} | {fmt(floor.db_cpu_per_1k(), 3)} |",
-        f"| pgbench: the SQL of POST /api/panels (5 statements, as panels_app) | {fmt(create_floor.rps, 0)} | {fmt(create_floor.p50, 2)} | {fmt(create_floor.p99, 2)} | {fmt(create_floor.p999, 2)} | {fmt(create_floor.db_cpu_per_1k(), 3)} |",
+        f"| pgbench: the SQL of GET /api/panels/{{id}} on a cache miss (begin, set tenant, panel with ACL, rollback; as panels_app) | {fmt(floor.rps, 0)} | {fmt(floor.p50, 2)} | {fmt(floor.p99, 2)} | {fmt(floor.p999, 2)} | {fmt(floor.db_cpu_per_1k(), 3)} |",
+        f"| pgbench: the SQL of POST /api/panels (begin, set tenant, panel and ACL in one insert, commit; as panels_app) | {fmt(create_floor.rps, 0)} | {fmt(create_floor.p50, 2)} | {fmt(create_floor.p99, 2)} | {fmt(create_floor.p999, 2)} | {fmt(create_floor.db_cpu_per_1k(), 3)} |",
         f"| GET /health (the HTTP ceiling) | {fmt(health_rps, 0)} | | | | |",
         "",
         "## Scenarios",
@@ -1050,12 +1084,14 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
                   "steadier measure of what RLS adds (cost = 1 − CPU without / CPU with)."]
 
     lines += ["", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
-    gp = results.get("get_panel")
-    if gp and gp.capacity:
+    for key, label in (("get_panel", "GET /api/panels/{id}"), ("get_panel_db", "GET /api/panels/{id}, cache off")):
+        gp = results.get(key)
+        if not (gp and gp.capacity):
+            continue
         half = 0.5 * pg.rps
         p99 = gp.at_rate.p99 if gp.at_rate else float("nan")
         at_target = gp.capacity.rps >= half
-        lines.append(f"| GET /api/panels/{{id}} ≥ ½ pgbench -S ({fmt(half, 0)}/s) | {fmt(gp.capacity.rps, 0)}/s "
+        lines.append(f"| {label} ≥ ½ pgbench -S ({fmt(half, 0)}/s) | {fmt(gp.capacity.rps, 0)}/s "
                      f"({ratio(gp.capacity.rps, pg.rps)} of the ceiling; {gp.capacity.rps / REFERENCE['get_panel'][0]:.1f}× the Node.js service) | "
                      f"{'yes' if at_target else 'no'} |")
         lines.append(f"| … with p99 < 10 ms at that load | p99 {fmt(p99, 2)} ms at {fmt(gp.at_rate.offered if gp.at_rate else None, 0)}/s ({gp.note}) | "
