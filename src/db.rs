@@ -150,6 +150,15 @@ impl Db {
         tx
     }
 
+    /// A connection outside any transaction and bound to no tenant: row-level security shows it
+    /// nothing until a statement binds one (the one-round-trip read functions do).
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, sqlx::Error> {
+        self.waiting.inc();
+        let conn = self.pool.acquire().await;
+        self.waiting.dec();
+        conn
+    }
+
     /// Begins a transaction with no tenant: only the identity functions (security definer) answer.
     pub async fn begin_anonymous(&self) -> Result<Tx, sqlx::Error> {
         self.waiting.inc();

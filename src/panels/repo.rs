@@ -76,6 +76,30 @@ pub async fn find_panel_with_permission(
     Ok(row.map(|r| (r.panel, r.permission)))
 }
 
+/// [`find_panel_with_permission`] outside any transaction, in one round trip: the `read_panel`
+/// function (migration 0900) binds the tenant for the statement's own transaction. On a
+/// connection straight from the pool.
+pub async fn read_panel(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+    reader: Option<(&str, &str)>,
+) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
+    let (email, user) = reader.unzip();
+    let row: Option<PanelWithPermission> = sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        ", p.permission from read_panel($1, $2, $3, $4) p"
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+    .bind(email)
+    .bind(user)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.panel, r.permission)))
+}
+
 #[derive(sqlx::FromRow)]
 struct PanelWithPermission {
     #[sqlx(flatten)]

@@ -44,10 +44,26 @@ pub async fn authorize(
     access: Access,
 ) -> Result<PanelRow> {
     let user = principal.user_id.to_lowercase();
-    let reader = (!principal.is_admin()).then_some((principal.email.as_str(), user.as_str()));
-    let (panel, held) = repo::find_panel_with_permission(tx, &principal.tenant, panel_id, reader)
-        .await?
-        .ok_or_else(not_found)?;
+    let found =
+        repo::find_panel_with_permission(tx, &principal.tenant, panel_id, reader(principal, &user))
+            .await?;
+    check_access(principal, found, access)
+}
+
+/// The (e-mail, lower-cased user id) whose ACL entries count, or `None` for an admin, who holds
+/// every permission in the tenant and reads no entry.
+fn reader<'a>(principal: &'a Principal, user: &'a str) -> Option<(&'a str, &'a str)> {
+    (!principal.is_admin()).then_some((principal.email.as_str(), user))
+}
+
+/// Decides on a panel loaded with the caller's highest ACL entry: not found when the caller may
+/// not see it, forbidden when it may see it but not do what it asks.
+fn check_access(
+    principal: &Principal,
+    found: Option<(PanelRow, Option<String>)>,
+    access: Access,
+) -> Result<PanelRow> {
+    let (panel, held) = found.ok_or_else(not_found)?;
     // Admins hold every permission in their tenant; others the highest of their entries.
     let held = if principal.is_admin() {
         Some(Permission::Owner)
@@ -169,8 +185,8 @@ pub async fn list(
 ) -> Result<(Vec<PanelResponse>, Option<String>)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     let user = principal.user_id.to_lowercase();
-    let reader = (!principal.is_admin()).then_some((principal.email.as_str(), user.as_str()));
-    let rows = repo::list_panels(&mut tx, &principal.tenant, reader, page).await?;
+    let rows =
+        repo::list_panels(&mut tx, &principal.tenant, reader(principal, &user), page).await?;
     crate::db::end_read(tx);
     let (rows, next) = page::split(rows, page, |r| r.id);
     Ok((rows.into_iter().map(PanelResponse::from).collect(), next))
@@ -219,9 +235,13 @@ pub async fn get(
     principal: &Principal,
     id: i64,
 ) -> Result<(PanelResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let row = authorize(&mut tx, principal, id, Access::Read).await?;
-    crate::db::end_read(tx);
+    // One statement, one round trip: `read_panel` binds the tenant for its own transaction.
+    let mut conn = state.db.acquire().await?;
+    let user = principal.user_id.to_lowercase();
+    let found =
+        repo::read_panel(&mut conn, &principal.tenant, id, reader(principal, &user)).await?;
+    drop(conn);
+    let row = check_access(principal, found, Access::Read)?;
     let tag = etag("panel", row.id, row.version);
     Ok((row.into(), tag))
 }

@@ -310,6 +310,63 @@ async fn row_level_security_backs_up_a_query_without_a_tenant_filter() {
     assert_eq!(role, "panels_app");
 }
 
+/// The one-round-trip read binds its tenant for its own statement only: afterwards the
+/// connection sees nothing again, and inside a transaction of another tenant it puts that
+/// tenant back. A tenant's own function cannot read another tenant's panel either.
+#[tokio::test]
+async fn the_one_trip_read_binds_its_tenant_for_its_statement_only() {
+    let app = TestApp::spawn().await;
+    let pool = app.owner_pool().await;
+    let a = seed(&pool, "tenant-a", "owner@a.example").await;
+    let b = seed(&pool, "tenant-b", "owner@b.example").await;
+    let read = "select id, permission from read_panel($1, $2, $3, $4)";
+
+    let mut conn = app.state.db.acquire().await.expect("conn");
+    let found: Option<(i64, Option<String>)> = sqlx::query_as(read)
+        .bind("tenant-b")
+        .bind(b.panel)
+        .bind("owner@b.example")
+        .bind("seed")
+        .fetch_optional(&mut *conn)
+        .await
+        .expect("read");
+    assert_eq!(found, Some((b.panel, Some("owner".to_owned()))));
+    // The statement's transaction is over: no tenant any more.
+    let count: i64 = sqlx::query_scalar("select count(*) from panel")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+    assert_eq!(count, 0);
+    // Asking as tenant B for tenant A's panel finds nothing.
+    let found: Option<(i64, Option<String>)> = sqlx::query_as(read)
+        .bind("tenant-b")
+        .bind(a.panel)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .fetch_optional(&mut *conn)
+        .await
+        .expect("read");
+    assert_eq!(found, None);
+    drop(conn);
+
+    // Inside tenant A's transaction, a read for B leaves the transaction bound to A.
+    let tenant_a = TenantId::parse_for_tests("tenant-a");
+    let mut tx = app.state.db.begin(&tenant_a).await.expect("begin");
+    let _: Option<(i64, Option<String>)> = sqlx::query_as(read)
+        .bind("tenant-b")
+        .bind(b.panel)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .fetch_optional(&mut *tx)
+        .await
+        .expect("read");
+    let panels: Vec<(String,)> = sqlx::query_as("select tenant_id from panel")
+        .fetch_all(&mut *tx)
+        .await
+        .expect("query");
+    assert_eq!(panels, vec![("tenant-a".to_owned(),)]);
+}
+
 /// Every table that holds tenant data has RLS enabled and forced, and the runtime role can
 /// bypass none of it.
 #[tokio::test]
