@@ -97,18 +97,23 @@ return #KEYS
 
 /// GCRA: admits one request of a key whose theoretical arrival time (µs) is stored; answers 0,
 /// or the microseconds to wait. ARGV[1]: emission interval (µs); ARGV[2]: burst.
+/// GCRA over a shared key, admitting up to ARGV[3] requests at once (an instance's lease).
+/// KEYS[1]: the key; ARGV: emission interval (µs), burst, wanted. Answers {granted, 0}, or
+/// {0, µs to wait} when not even one request may pass now.
 const RATE_LIMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local next_tat = tat + interval
-local allow_at = next_tat - interval * burst
-if allow_at > now then return allow_at - now end
+local available = math.floor((now + interval * burst - tat) / interval)
+if available < 1 then return {0, tat + interval - interval * burst - now} end
+local granted = math.min(want, available)
+local next_tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
-return 0
+return {granted, 0}
 ";
 
 /// What a cached read depends on, beside the global epoch.
@@ -666,30 +671,33 @@ impl Cache {
         map.insert((tenant.as_str().to_owned(), view_id), panel_id);
     }
 
-    /// Admits one request of `key` at `interval` per request with `burst` (GCRA, shared by every
-    /// instance): `Some(Ok)` admitted, `Some(Err(wait))` over the limit, `None` when Redis cannot
-    /// answer (the caller falls back to its in-process limiter).
+    /// Admits requests of `key` at `interval` per request with `burst` (GCRA, shared by every
+    /// instance), up to `want` at once: `Some(Ok(n))` admitted n (at least one), `Some(Err(wait))`
+    /// over the limit, `None` when Redis cannot answer (the caller falls back to its in-process
+    /// limiter).
     pub async fn rate_limit(
         &self,
         key: &str,
         interval: Duration,
         burst: u32,
-    ) -> Option<std::result::Result<(), Duration>> {
+        want: u32,
+    ) -> Option<std::result::Result<u32, Duration>> {
         let key = format!("{}:rl:{key}", self.inner.prefix);
         let interval_us = interval.as_micros().max(1) as u64;
-        let wait_us: u64 = self
+        let (granted, wait_us): (u32, u64) = self
             .run("ratelimit", "gcra", async |mut conn, redis| {
                 redis
                     .rate_limit
                     .key(&key)
                     .arg(interval_us)
                     .arg(burst.max(1))
+                    .arg(want.max(1))
                     .invoke_async(&mut conn)
                     .await
             })
             .await?;
-        Some(if wait_us == 0 {
-            Ok(())
+        Some(if granted > 0 {
+            Ok(granted)
         } else {
             Err(Duration::from_micros(wait_us))
         })

@@ -738,6 +738,43 @@ async fn a_tenant_rate_limit_holds_across_instances() {
     );
 }
 
+/// A limit high enough for leases (each Redis call admits several requests for one instance)
+/// still admits no more across instances than the shared limit allows over the time taken:
+/// the burst plus one request per emission interval elapsed.
+#[tokio::test]
+async fn a_leased_tenant_rate_limit_admits_no_more_than_the_shared_limit() {
+    // 100/s → leases of 2; a burst of 100 (the burst is at least the rate) shared by both
+    // instances, each of which alone would admit all of its 100 requests.
+    let vars = [
+        ("RATE_LIMIT_TENANT_RPS", "100"),
+        ("RATE_LIMIT_TENANT_BURST", "100"),
+    ];
+    let (a, b) = two_instances(&vars).await;
+    let token = token_for("leased-co", "admin@leased.example", Role::Admin);
+    let started = Instant::now();
+    let send = |app: &TestApp| app.get("/api/auth/me").bearer(&token).send();
+    let mut statuses = Vec::new();
+    // Twenty concurrent requests per round, half through each instance, ten rounds.
+    for _ in 0..10 {
+        let round =
+            futures::future::join_all((0..20).map(|i| send(if i % 2 == 0 { &a } else { &b })))
+                .await;
+        statuses.extend(round.into_iter().map(|r| r.status));
+    }
+    let elapsed = started.elapsed();
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(admitted + limited, 200, "{statuses:?}");
+    let allowed = 100 + (elapsed.as_secs_f64() * 100.0).ceil() as usize + 1;
+    assert!(
+        admitted <= allowed,
+        "{admitted} admitted in {elapsed:?}, the shared limit allows {allowed}"
+    );
+    // Leases lost to concurrency cost little: most of the burst is served.
+    assert!(admitted >= 80, "{admitted} admitted: {statuses:?}");
+    assert!(limited > 0 || allowed >= 200, "{statuses:?} in {elapsed:?}");
+}
+
 #[tokio::test]
 async fn without_redis_the_in_process_cache_serves_alone() {
     let app = TestApp::spawn_with(&[("REDIS_URL", "")]).await;
