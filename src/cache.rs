@@ -460,6 +460,12 @@ impl Cache {
         let keys = [self.epoch_key(), key];
         let versions: Vec<u64> = self
             .run(cache, "versions", async |mut conn, redis| {
+                // Almost always both exist: a plain MGET costs Redis a fraction of the script,
+                // which runs only to start a missing version.
+                let found: Vec<Option<u64>> = conn.mget(&keys).await?;
+                if let [Some(epoch), Some(version)] = found[..] {
+                    return Ok(vec![epoch, version]);
+                }
                 let mut call = redis.read_versions.prepare_invoke();
                 call.key(&keys[0]).key(&keys[1]);
                 call.arg(VERSION_TTL_SECS)

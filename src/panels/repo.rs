@@ -47,6 +47,36 @@ pub async fn insert_panel(
     .await
 }
 
+/// [`insert_panel`] outside any transaction, in one round trip: the `create_panel` function
+/// (migration 0900) binds the tenant for the statement's own transaction, which commits the panel
+/// and its owner entry together. On a connection straight from the pool.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_panel(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    user_id: &str,
+    owner: &str,
+    name: &str,
+    description: Option<&str>,
+    cohort_rule: &Value,
+    metadata: &Value,
+) -> sqlx::Result<PanelRow> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from create_panel($1, $2, $3, $4, $5, $6, $7) p"
+    ))
+    .bind(tenant.as_str())
+    .bind(user_id)
+    .bind(owner)
+    .bind(name)
+    .bind(description)
+    .bind(cohort_rule)
+    .bind(metadata)
+    .fetch_one(conn)
+    .await
+}
+
 /// A panel with the reader's highest permission on it, in one round trip. `reader` is the
 /// (e-mail, lower-cased user id) pair of a non-admin; `None` (an admin) reads no ACL and gets
 /// `None` as the permission, which the caller turns into ownership.

@@ -91,13 +91,15 @@ fn check_access(
 async fn check_cohort(
     tx: &mut Tx,
     principal: &Principal,
-    panel_id: Option<i64>,
+    panel_id: i64,
     rule: &FilterGroup,
 ) -> Result<()> {
-    let columns = match panel_id {
-        Some(id) => repo::column_types(tx, &principal.tenant, id).await?,
-        None => Vec::new(),
-    };
+    let columns = repo::column_types(tx, &principal.tenant, panel_id).await?;
+    validate_rule(rule, &columns)
+}
+
+/// Validates a cohort rule against columns given as (name, type) pairs.
+fn validate_rule(rule: &FilterGroup, columns: &[(String, String)]) -> Result<()> {
     let kind_of = |name: &str| {
         columns
             .iter()
@@ -129,40 +131,62 @@ pub async fn create(
             "Creating a panel needs the builder or admin role",
         ));
     }
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    if let Some(key) = idempotency_key
-        && let Some(replay) =
-            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
-    {
-        return Ok(Outcome::Replayed(replay));
-    }
     let rule = req.cohort_rule.unwrap_or_default();
-    check_cohort(&mut tx, principal, None, &rule).await?;
+    // A new panel has no columns yet: the rule may only use what needs none.
+    validate_rule(&rule, &[])?;
     let metadata = Value::Object(req.metadata.unwrap_or_default());
     let name = req.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
-    let row = repo::insert_panel(
-        &mut tx,
-        &principal.tenant,
-        &principal.user_id,
-        owner_key(principal),
-        name.trim(),
-        req.description.as_deref(),
-        &to_json(&rule)?,
-        &metadata,
-    )
-    .await?;
-    let response = PanelResponse::from(row);
-    if let Some(key) = idempotency_key {
-        idempotency::store(
-            &mut tx,
-            &principal.tenant,
-            principal,
-            key,
-            &to_json(&response)?,
-        )
-        .await?;
-    }
-    tx.commit().await?;
+    let (name, description, rule) = (name.trim(), req.description.as_deref(), to_json(&rule)?);
+    let owner = owner_key(principal);
+    let response = match idempotency_key {
+        // The common case in one statement and one round trip.
+        None => {
+            let mut conn = state.db.acquire().await?;
+            let row = repo::create_panel(
+                &mut conn,
+                &principal.tenant,
+                &principal.user_id,
+                owner,
+                name,
+                description,
+                &rule,
+                &metadata,
+            )
+            .await?;
+            PanelResponse::from(row)
+        }
+        // With a key: claim it, create, and store the answer, in one transaction.
+        Some(key) => {
+            let mut tx = state.db.begin(&principal.tenant).await?;
+            if let Some(replay) =
+                idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
+            {
+                return Ok(Outcome::Replayed(replay));
+            }
+            let row = repo::insert_panel(
+                &mut tx,
+                &principal.tenant,
+                &principal.user_id,
+                owner,
+                name,
+                description,
+                &rule,
+                &metadata,
+            )
+            .await?;
+            let response = PanelResponse::from(row);
+            idempotency::store(
+                &mut tx,
+                &principal.tenant,
+                principal,
+                key,
+                &to_json(&response)?,
+            )
+            .await?;
+            tx.commit().await?;
+            response
+        }
+    };
     let change = Change::panel("panel.created", response.id).lists();
     state.cache.committed(&principal.tenant, change).await;
     Ok(Outcome::Created(response))
@@ -276,7 +300,7 @@ pub async fn update(
     let old_rule = current.cohort_rule.clone();
     let rule = match &req.cohort_rule {
         Some(rule) => {
-            check_cohort(&mut tx, principal, Some(id), rule).await?;
+            check_cohort(&mut tx, principal, id, rule).await?;
             to_json(rule)?
         }
         None => old_rule.clone(),

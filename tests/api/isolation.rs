@@ -314,7 +314,7 @@ async fn row_level_security_backs_up_a_query_without_a_tenant_filter() {
 /// connection sees nothing again, and inside a transaction of another tenant it puts that
 /// tenant back. A tenant's own function cannot read another tenant's panel either.
 #[tokio::test]
-async fn the_one_trip_read_binds_its_tenant_for_its_statement_only() {
+async fn the_one_trip_statements_bind_their_tenant_for_their_statement_only() {
     let app = TestApp::spawn().await;
     let pool = app.owner_pool().await;
     let a = seed(&pool, "tenant-a", "owner@a.example").await;
@@ -360,11 +360,26 @@ async fn the_one_trip_read_binds_its_tenant_for_its_statement_only() {
         .fetch_optional(&mut *tx)
         .await
         .expect("read");
+    // So does a one-statement create for B.
+    let (created, owner): (i64, String) = sqlx::query_as(
+        "select p.id, p.tenant_id from create_panel('tenant-b', 'u', 'u@b.example', 'New', null, '{}', '{}') p",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("create");
+    assert_eq!(owner, "tenant-b");
     let panels: Vec<(String,)> = sqlx::query_as("select tenant_id from panel")
         .fetch_all(&mut *tx)
         .await
         .expect("query");
     assert_eq!(panels, vec![("tenant-a".to_owned(),)]);
+    tx.rollback().await.expect("rollback");
+    let left: i64 = sqlx::query_scalar("select count(*) from panel where id = $1")
+        .bind(created)
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0, "rolled back with the transaction it ran in");
 }
 
 /// Every table that holds tenant data has RLS enabled and forced, and the runtime role can

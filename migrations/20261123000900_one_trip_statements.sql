@@ -1,4 +1,4 @@
--- Reads in one round trip.
+-- Requests in one round trip.
 --
 -- A request normally runs in a transaction opened with `begin; select set_config('app.tenant',
 -- …, true)`, so row-level security knows its tenant: one round trip before the first query. For
@@ -36,6 +36,38 @@ begin
                  limit 1)
           from panel p
          where p.tenant_id = p_tenant and p.id = p_id;
+    perform set_config('app.tenant', coalesce(previous, ''), true);
+end
+$$;
+
+-- POST /api/panels without an Idempotency-Key in one round trip: the panel and its owner's ACL
+-- entry, in one statement whose implicit transaction commits them together.
+create function create_panel(
+    p_tenant text, p_user text, p_owner text, p_name text, p_description text,
+    p_cohort_rule jsonb, p_metadata jsonb
+)
+returns table (
+    id bigint, tenant_id text, user_id text, name text, description text, cohort_rule jsonb,
+    metadata jsonb, version integer, created_at timestamptz, updated_at timestamptz
+)
+language plpgsql volatile
+as $$
+#variable_conflict use_column
+declare
+    previous text := current_setting('app.tenant', true);
+begin
+    perform set_config('app.tenant', p_tenant, true);
+    return query
+        with p as (
+            insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata)
+            values (p_tenant, p_user, p_name, p_description, p_cohort_rule, p_metadata)
+            returning p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule,
+                      p.metadata, p.version, p.created_at, p.updated_at
+        ), owner as (
+            insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission)
+            select p.tenant_id, 'panel', p.id, p_owner, 'owner' from p
+        )
+        select * from p;
     perform set_config('app.tenant', coalesce(previous, ''), true);
 end
 $$;
