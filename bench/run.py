@@ -466,26 +466,16 @@ def drive(load: Load, server: "Server", tmp: Path, connections: int, rate: float
 # pgbench
 
 
-# What GET /api/panels/{id} sends on a cache miss, after `begin; set_config(...)`: the panel and
-# the reader's highest ACL entry in one statement (src/panels/repo.rs); the transaction then ends
-# with a ROLLBACK that goes out with the pool's release check.
-PANEL_SQL = (
-    "select p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule, p.metadata, p.version, "
-    "p.created_at, p.updated_at, (select a.permission from access_control_lists a where a.tenant_id = p.tenant_id "
-    "and a.resource_type = 'panel' and a.resource_id = p.id and a.user_email in ('{email}', '{sub}', '_all') "
-    "order by case a.permission when 'owner' then 3 when 'editor' then 2 else 1 end desc limit 1) as permission "
-    "from panel p where p.tenant_id = '{t}' and p.id = :id;\n"
-)
+# What GET /api/panels/{id} sends on a cache miss: one statement, whose function binds the tenant
+# for the statement's own transaction (migration 0900, src/panels/repo.rs).
+PANEL_SQL = "select * from read_panel('{t}', :id, '{email}', '{sub}');\n"
 
 
-# What POST /api/panels sends inside its transaction: the panel and its owner entry, one statement.
+# What POST /api/panels without an Idempotency-Key sends: one statement inserting the panel and
+# its owner entry, committed by itself.
 CREATE_SQL = (
-    "with p as (insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata) "
-    "values ('{t}', '{sub}', 'Bench panel', 'Created by the load benchmark', "
-    "'{{\"conditions\": [], \"logic\": \"AND\"}}', '{{\"source\": \"bench\"}}') returning "
-    "p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule, p.metadata, p.version, p.created_at, p.updated_at), "
-    "owner as (insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission) "
-    "select p.tenant_id, 'panel', p.id, '{email}', 'owner' from p) select * from p;\n"
+    "select * from create_panel('{t}', '{sub}', '{email}', 'Bench panel', 'Created by the load benchmark', "
+    "'{{\"conditions\": [], \"logic\": \"AND\"}}', '{{\"source\": \"bench\"}}');\n"
 )
 
 
@@ -653,27 +643,21 @@ def main() -> int:
         floor_script = tmp / "get_panel.sql"
         floor_script.write_text(
             f"\\set id random({reads.panel_ids()[0]}, {reads.panel_ids()[-1]})\n"
-            "begin;\n"
-            f"select set_config('app.tenant', '{reads.slug}', true);\n"
             + PANEL_SQL.format(t=reads.slug, email=reads.email, sub=reads.sub)
-            + "rollback;\n"
         )
         # As the runtime role, like the server's pool, so row-level security applies.
         role_env = {"PGOPTIONS": "-c role=panels_app"}
         rls_initial_on = RLS_MODE != "off"
         set_rls(tables, rls_initial_on)
-        log("pgbench: the SQL of GET /api/panels/{id} on a cache miss (begin + set tenant, panel with ACL, rollback)")
+        log("pgbench: the SQL of GET /api/panels/{id} on a cache miss (read_panel: one statement)")
         sql_floor = pgbench(DB, tmp, ["-f", str(floor_script)], role_env)
         log(f"  {sql_floor.rps:,.0f} tps, p99 {sql_floor.p99:.2f} ms")
         floor_tenant = tenant(60)
         create_script = tmp / "create_panel.sql"
         create_script.write_text(
-            "begin;\n"
-            f"select set_config('app.tenant', '{floor_tenant.slug}', true);\n"
-            + CREATE_SQL.format(t=floor_tenant.slug, email=floor_tenant.email, sub=floor_tenant.sub)
-            + "commit;\n"
+            CREATE_SQL.format(t=floor_tenant.slug, email=floor_tenant.email, sub=floor_tenant.sub)
         )
-        log("pgbench: the SQL of POST /api/panels (begin, set tenant, insert panel and ACL, commit)")
+        log("pgbench: the SQL of POST /api/panels (create_panel: one statement)")
         create_floor = pgbench(DB, tmp, ["-f", str(create_script)], role_env)
         log(f"  {create_floor.rps:,.0f} tps, p99 {create_floor.p99:.2f} ms")
 
@@ -1013,8 +997,8 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         "| Reference | req/s | p50 ms | p99 ms | p99.9 ms | DB CPU s / 1k |",
         "|---|---:|---:|---:|---:|---:|",
         f"| pgbench -S -M prepared (one-row indexed read) | {fmt(pg.rps, 0)} | {fmt(pg.p50, 2)} | {fmt(pg.p99, 2)} | {fmt(pg.p999, 2)} | {fmt(pg.db_cpu_per_1k(), 3)} |",
-        f"| pgbench: the SQL of GET /api/panels/{{id}} on a cache miss (begin, set tenant, panel with ACL, rollback; as panels_app) | {fmt(floor.rps, 0)} | {fmt(floor.p50, 2)} | {fmt(floor.p99, 2)} | {fmt(floor.p999, 2)} | {fmt(floor.db_cpu_per_1k(), 3)} |",
-        f"| pgbench: the SQL of POST /api/panels (begin, set tenant, panel and ACL in one insert, commit; as panels_app) | {fmt(create_floor.rps, 0)} | {fmt(create_floor.p50, 2)} | {fmt(create_floor.p99, 2)} | {fmt(create_floor.p999, 2)} | {fmt(create_floor.db_cpu_per_1k(), 3)} |",
+        f"| pgbench: the SQL of GET /api/panels/{{id}} on a cache miss (`read_panel`, one statement, as panels_app) | {fmt(floor.rps, 0)} | {fmt(floor.p50, 2)} | {fmt(floor.p99, 2)} | {fmt(floor.p999, 2)} | {fmt(floor.db_cpu_per_1k(), 3)} |",
+        f"| pgbench: the SQL of POST /api/panels (`create_panel`, one statement, as panels_app) | {fmt(create_floor.rps, 0)} | {fmt(create_floor.p50, 2)} | {fmt(create_floor.p99, 2)} | {fmt(create_floor.p999, 2)} | {fmt(create_floor.db_cpu_per_1k(), 3)} |",
         f"| GET /health (the HTTP ceiling) | {fmt(health_rps, 0)} | | | | |",
         "",
         "## Scenarios",
