@@ -11,6 +11,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && printf 'fn main() {}\n' > benches/formula.rs \
     && cargo build --release --locked --bin panels || true
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
 COPY benches ./benches
