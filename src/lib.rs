@@ -58,9 +58,11 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     )?;
     let auth = auth::AuthKeys::from_config(&config)?;
     let crypto = datasources::crypto::Crypto::from_config(&config)?;
+    let db = db::Db::new(pool, metrics.db_waiting.clone());
     Ok(AppState {
         wakeup: jobs::Wakeup::default(),
-        db: db::Db::new(pool, metrics.db_waiting.clone()),
+        creates: panels::batch::CreateBatcher::new(db.clone()),
+        db,
         limits: ratelimit::RateLimiter::new(&config, cache.clone()),
         cache,
         auth: Arc::new(auth),

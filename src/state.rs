@@ -22,6 +22,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub auth: Arc<AuthKeys>,
     pub limits: RateLimiter,
+    /// Panel creates, committed in groups under load.
+    pub creates: crate::panels::batch::CreateBatcher,
     /// The cipher of secrets inside data-source configs.
     pub crypto: Arc<crate::datasources::crypto::Crypto>,
 }

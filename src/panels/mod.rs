@@ -2,6 +2,7 @@
 //! rule (a filter tree over its columns) selects which rows belong to it. Other modules reach a
 //! panel through `service::authorize`, which applies the tenant and the caller's permission.
 
+pub mod batch;
 pub mod model;
 pub mod repo;
 pub mod routes;

@@ -77,6 +77,32 @@ pub async fn create_panel(
     .await
 }
 
+/// Several panels of one tenant and their owner entries in one statement, committed together
+/// (`create_panels`, migration 0920): each row with the 1-based position of its input.
+pub async fn create_panels(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    panels: &Value,
+) -> sqlx::Result<Vec<(i64, PanelRow)>> {
+    let rows: Vec<Numbered> = sqlx::query_as(concat!(
+        "select p.ord, ",
+        columns!(),
+        " from create_panels($1, $2) p"
+    ))
+    .bind(tenant.as_str())
+    .bind(panels)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.ord, r.panel)).collect())
+}
+
+#[derive(sqlx::FromRow)]
+struct Numbered {
+    ord: i64,
+    #[sqlx(flatten)]
+    panel: PanelRow,
+}
+
 /// A panel with the reader's highest permission on it, in one round trip. `reader` is the
 /// (e-mail, lower-cased user id) pair of a non-admin; `None` (an admin) reads no ACL and gets
 /// `None` as the permission, which the caller turns into ownership.

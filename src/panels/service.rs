@@ -4,6 +4,7 @@
 use serde_json::{Map, Value};
 use tracing::instrument;
 
+use super::batch;
 use super::model::*;
 use super::repo;
 use crate::auth::Principal;
@@ -139,21 +140,17 @@ pub async fn create(
     let (name, description, rule) = (name.trim(), req.description.as_deref(), to_json(&rule)?);
     let owner = owner_key(principal);
     let response = match idempotency_key {
-        // The common case in one statement and one round trip.
+        // The common case: one statement, committed alone or with concurrent creates.
         None => {
-            let mut conn = state.db.acquire().await?;
-            let row = repo::create_panel(
-                &mut conn,
-                &principal.tenant,
-                &principal.user_id,
-                owner,
-                name,
-                description,
-                &rule,
-                &metadata,
-            )
-            .await?;
-            PanelResponse::from(row)
+            let panel = batch::NewPanel {
+                user_id: principal.user_id.clone(),
+                owner: owner.to_owned(),
+                name: name.to_owned(),
+                description: description.map(str::to_owned),
+                cohort_rule: rule,
+                metadata,
+            };
+            PanelResponse::from(state.creates.create(&principal.tenant, panel).await?)
         }
         // With a key: claim it, create, and store the answer, in one transaction.
         Some(key) => {
