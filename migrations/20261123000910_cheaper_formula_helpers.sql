@@ -13,12 +13,37 @@
 -- checks the compiled SQL against the in-process evaluator over random formulas and rows,
 -- blanks included.
 
--- Text of a JSON array, elements joined by ", " (only arrays reach it).
+-- Text of a JSON array, elements joined by ", " (JSON nulls skipped; an empty array is null).
+-- Only arrays reach it. A loop of simple expressions rather than a subquery: ~15 µs a call
+-- as a string_agg over jsonb_array_elements_text (measured with track_functions), a few as this.
 create or replace function panels_jsonb_array_text(v jsonb) returns text
-language sql immutable strict parallel safe as $$
-    select string_agg(e.value, ', ' order by e.ordinality)
-    from jsonb_array_elements_text(v) with ordinality as e(value, ordinality)
-$$;
+language plpgsql immutable strict parallel safe as $$
+declare
+    joined text;
+    item text;
+begin
+    for i in 0 .. jsonb_array_length(v) - 1 loop
+        item := v ->> i;
+        if item is not null then
+            joined := case when joined is null then item else joined || ', ' || item end;
+        end if;
+    end loop;
+    return joined;
+end $$;
+
+-- Whether y-m-d is a calendar date in years 1..9999, by arithmetic (the first version built a
+-- date and added an interval: ~3 µs a call; every date read calls it).
+create or replace function panels_valid_ymd(y int, m int, d int) returns boolean
+language plpgsql immutable strict parallel safe as $$
+begin
+    return y between 1 and 9999 and m between 1 and 12 and d >= 1
+       and d <= case
+                    when m in (4, 6, 9, 11) then 30
+                    when m <> 2 then 31
+                    when (y % 4 = 0 and y % 100 <> 0) or y % 400 = 0 then 29
+                    else 28
+                end;
+end $$;
 
 create or replace function panels_jsonb_text(v jsonb) returns text
 language sql immutable parallel safe as $$
