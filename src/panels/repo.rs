@@ -13,43 +13,9 @@ macro_rules! columns {
     };
 }
 
-/// Inserts a panel and its owner's ACL entry in one statement (one round trip).
-#[allow(clippy::too_many_arguments)]
-pub async fn insert_panel(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    user_id: &str,
-    owner: &str,
-    name: &str,
-    description: Option<&str>,
-    cohort_rule: &Value,
-    metadata: &Value,
-) -> sqlx::Result<PanelRow> {
-    sqlx::query_as(concat!(
-        "with p as (
-           insert into panel as p (tenant_id, user_id, name, description, cohort_rule, metadata)
-           values ($1, $2, $4, $5, $6, $7) returning ",
-        columns!(),
-        "), owner as (
-           insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission)
-           select p.tenant_id, 'panel', p.id, $3, 'owner' from p
-         )
-         select * from p"
-    ))
-    .bind(tenant.as_str())
-    .bind(user_id)
-    .bind(owner)
-    .bind(name)
-    .bind(description)
-    .bind(cohort_rule)
-    .bind(metadata)
-    .fetch_one(conn)
-    .await
-}
-
-/// [`insert_panel`] outside any transaction, in one round trip: the `create_panel` function
-/// (migration 0900) binds the tenant for the statement's own transaction, which commits the panel
-/// and its owner entry together. On a connection straight from the pool.
+/// A panel and its owner's ACL entry, in one statement (the `create_panel` function, migration
+/// 0900). Outside a transaction it binds the tenant for the statement's own transaction, which
+/// commits both together: one round trip. Inside one (the `Idempotency-Key` path), it joins it.
 #[allow(clippy::too_many_arguments)]
 pub async fn create_panel(
     conn: &mut PgConnection,

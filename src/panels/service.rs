@@ -160,7 +160,7 @@ pub async fn create(
             {
                 return Ok(Outcome::Replayed(replay));
             }
-            let row = repo::insert_panel(
+            let row = repo::create_panel(
                 &mut tx,
                 &principal.tenant,
                 &principal.user_id,
