@@ -880,7 +880,7 @@ mod tests {
         let principal = |email: &str, role| Principal {
             user_id: format!("user-{email}"),
             email: email.to_owned(),
-            tenant: TenantId::parse_for_tests("acme"),
+            tenant: TenantId::parse("acme").expect("tenant slug"),
             role,
             credential: crate::auth::Credential::Jwt,
         };

@@ -25,7 +25,7 @@ pub struct RegisterRequest {
     #[schema(min_length = 1, max_length = 255, example = "Ada Lovelace")]
     pub name: Option<String>,
     /// A new organisation's slug (required unless joining with `invitationToken`).
-    #[validate(length(min = 2, max = 63), regex(path = *SLUG, message = "must be lower-case letters, digits and '-'"))]
+    #[validate(length(min = 2, max = 63), custom(function = "slug"))]
     #[schema(
         example = "acme-health",
         min_length = 2,
@@ -40,9 +40,21 @@ pub struct RegisterRequest {
     pub invitation_token: Option<String>,
 }
 
-pub static SLUG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-    regex::Regex::new("^[a-z0-9][a-z0-9-]{1,62}$").expect("valid regex") // invariant: a literal pattern
-});
+/// `^[a-z0-9][a-z0-9-]{1,62}$` (the schema's `pattern`), checked without a regex to build.
+fn slug(raw: &str) -> Result<(), validator::ValidationError> {
+    let bytes = raw.as_bytes();
+    let ok = (2..=63).contains(&bytes.len())
+        && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
+        && bytes
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("regex")
+            .with_message("must be lower-case letters, digits and '-'".into()))
+    }
+}
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -76,6 +76,33 @@ async fn registration_rejects_bad_input_and_duplicates() {
         .await;
     res.assert_error(400, "VALIDATION_ERROR");
 
+    // A slug must be lower-case letters, digits and '-', not starting with '-'.
+    for slug in ["Acme", "-acme", "acme_health", "a"] {
+        let res = app
+            .post("/api/auth/register")
+            .json(&json!({"email": "ada@slug.example", "password": "long enough pw", "tenantSlug": slug}))
+            .send()
+            .await;
+        res.assert_error(400, "VALIDATION_ERROR");
+        assert_eq!(
+            res.body["details"][0]["field"], "tenantSlug",
+            "{slug}: {}",
+            res.text
+        );
+        if slug.len() >= 2 {
+            assert_eq!(
+                res.body["details"][0]["message"],
+                "must be lower-case letters, digits and '-'"
+            );
+        }
+    }
+    let res = app
+        .post("/api/auth/register")
+        .json(&json!({"email": "ada@slug.example", "password": "long enough pw", "tenantSlug": "acme-2"}))
+        .send()
+        .await;
+    assert_eq!(res.status, 201, "{}", res.text);
+
     app.register_tenant("dupe").await;
     let res = app
         .post("/api/auth/register")

@@ -648,7 +648,7 @@ async fn concurrent_reads_during_writes_end_with_the_last_write() {
 async fn a_fill_that_raced_a_write_is_never_read_by_any_instance() {
     use panels::cache::{Cached, Change, Depends};
     let (a, b) = two_instances(&[]).await;
-    let tenant = panels::auth::TenantId::parse_for_tests(TENANT);
+    let tenant = panels::auth::TenantId::parse(TENANT).expect("tenant slug");
     let value = |name: &str| Cached::new(&json!({ "name": name }), "");
 
     // A reader on A loads the panel; while it loads, a write commits and bumps through B; the
@@ -706,7 +706,7 @@ async fn structural_changes_reach_every_instances_subscribers() {
     let channel = a
         .state
         .cache
-        .events_channel(&panels::auth::TenantId::parse_for_tests(TENANT));
+        .events_channel(&panels::auth::TenantId::parse(TENANT).expect("tenant slug"));
     a.state.cache.publish(&channel, r#"{"type":"ping"}"#).await;
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await

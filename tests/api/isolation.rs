@@ -275,7 +275,7 @@ async fn row_level_security_backs_up_a_query_without_a_tenant_filter() {
     seed(&pool, "tenant-a", "owner@a.example").await;
     seed(&pool, "tenant-b", "owner@b.example").await;
 
-    let tenant_b = TenantId::parse_for_tests("tenant-b");
+    let tenant_b = TenantId::parse("tenant-b").expect("tenant slug");
     let mut tx = app.state.db.begin(&tenant_b).await.expect("begin");
     let panels: Vec<(String,)> = sqlx::query_as("select tenant_id from panel")
         .fetch_all(&mut *tx)
@@ -350,7 +350,7 @@ async fn the_one_trip_statements_bind_their_tenant_for_their_statement_only() {
     drop(conn);
 
     // Inside tenant A's transaction, a read for B leaves the transaction bound to A.
-    let tenant_a = TenantId::parse_for_tests("tenant-a");
+    let tenant_a = TenantId::parse("tenant-a").expect("tenant slug");
     let mut tx = app.state.db.begin(&tenant_a).await.expect("begin");
     let _: Option<(i64, Option<String>)> = sqlx::query_as(read)
         .bind("tenant-b")

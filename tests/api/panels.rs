@@ -526,7 +526,7 @@ async fn concurrent_creates_each_answer_their_own_panel_owned_by_their_caller() 
 #[tokio::test]
 async fn a_create_group_answers_each_input_with_its_own_row() {
     let app = TestApp::spawn().await;
-    let tenant = panels::auth::TenantId::parse_for_tests("grouped");
+    let tenant = panels::auth::TenantId::parse("grouped").expect("tenant slug");
     let new = |i: usize| panels::panels::batch::NewPanel {
         user_id: format!("u{i}"),
         owner: format!("u{i}@grouped.example"),
