@@ -1,11 +1,11 @@
--- Creates committed in groups (src/panels/batch.rs).
+-- Panel creates in one statement (src/panels/batch.rs).
 --
--- Under load, concurrent `POST /api/panels` requests of one tenant (without an Idempotency-Key)
--- are written by one statement and committed together: one round trip and one WAL flush for
--- the group instead of one per panel. Each panel gets its id up front from the table's own
--- sequence, so every caller is answered with its own row. Like `create_panel` (0900), the
--- function binds the tenant for its statement's own transaction, puts a caller's binding back,
--- and runs as the caller under row-level security.
+-- Every `POST /api/panels` writes through this function: alone, or under load together with the
+-- creates of the same tenant that queued meanwhile, committed together (one round trip and one
+-- WAL flush for the group). Each panel gets its id up front from the table's own sequence, so
+-- every caller is answered with its own row. Like read_panel (0900) it binds the tenant for its
+-- statement's own transaction, puts a caller's binding back (the Idempotency-Key path runs it
+-- inside the request's transaction), and runs as the caller under row-level security.
 --
 -- p_panels: a JSON array of {userId, owner, name, description, cohortRule, metadata}; the
 -- answer carries each panel with its 1-based position in that array.
@@ -20,9 +20,8 @@ language plpgsql volatile
 as $$
 #variable_conflict use_column
 declare
-    previous text := current_setting('app.tenant', true);
+    previous text := panels_bind_tenant(p_tenant);
 begin
-    perform set_config('app.tenant', p_tenant, true);
     return query
         with input as materialized (
             select e.ord, e.value, nextval(pg_get_serial_sequence('panel', 'id')) as new_id
@@ -42,6 +41,6 @@ begin
         select i.ord, p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule,
                p.metadata, p.version, p.created_at, p.updated_at
           from p join input i on i.new_id = p.id;
-    perform set_config('app.tenant', coalesce(previous, ''), true);
+    perform set_config('app.tenant', previous, true);
 end
 $$;

@@ -1,7 +1,7 @@
 //! Creates without an `Idempotency-Key`, committed in groups.
 //!
-//! A create is one statement (`create_panel`), and under load its cost is the commit: one round
-//! trip and one WAL flush per panel. Here concurrent creates queue for a collector task, which
+//! A create is one statement (`create_panels` with one panel), and under load its cost is the
+//! commit: one round trip and one WAL flush per panel. Here concurrent creates queue for a collector task, which
 //! takes whatever is waiting (up to [`MAX_BATCH`]) and writes each tenant's share with one
 //! `create_panels` statement: one round trip and one flush for the group. Nothing waits to fill
 //! a batch; a lone create goes out at once, alone. Batches form while the previous one commits:
@@ -17,6 +17,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use sqlx::PgConnection;
 
 use super::model::PanelRow;
 use super::repo;
@@ -77,7 +79,7 @@ impl CreateBatcher {
         };
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(job).await {
             // The collector is gone (the runtime is shutting down): write it directly.
-            return create_one(&self.db, &job.tenant, &job.panel).await;
+            return one(write_alone(&self.db, &job.tenant, &[&job.panel]).await?);
         }
         answer.await.unwrap_or_else(|_| {
             Err(ApiError::Internal(anyhow::anyhow!(
@@ -122,52 +124,60 @@ async fn write(db: &Db, batch: Vec<Job>) {
         }
     }
     for (tenant, jobs) in groups {
-        if jobs.len() > 1 {
-            match create_many(db, &tenant, &jobs).await {
-                Ok(rows) if rows.len() == jobs.len() => {
-                    for (job, row) in jobs.into_iter().zip(rows) {
-                        let _ = job.reply.send(Ok(row));
-                    }
-                    continue;
-                }
-                Ok(rows) => tracing::error!(
-                    expected = jobs.len(),
-                    got = rows.len(),
-                    "a panel create batch answered the wrong number of rows; retrying one by one"
-                ),
-                Err(error) => {
-                    tracing::warn!(%error, size = jobs.len(), "a panel create batch failed; retrying one by one");
+        let panels: Vec<&NewPanel> = jobs.iter().map(|j| &j.panel).collect();
+        match write_alone(db, &tenant, &panels).await {
+            Ok(rows) => {
+                for (job, row) in jobs.into_iter().zip(rows) {
+                    let _ = job.reply.send(Ok(row));
                 }
             }
-        }
-        for job in jobs {
-            let result = create_one(db, &job.tenant, &job.panel).await;
-            let _ = job.reply.send(result);
+            // Alone, a failure is that create's own answer.
+            Err(error) if jobs.len() == 1 => {
+                if let Some(job) = jobs.into_iter().next() {
+                    let _ = job.reply.send(Err(error));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, size = jobs.len(), "a panel create batch failed; retrying one by one");
+                for job in jobs {
+                    let result = write_alone(db, &tenant, &[&job.panel]).await.and_then(one);
+                    let _ = job.reply.send(result);
+                }
+            }
         }
     }
 }
 
-async fn create_one(db: &Db, tenant: &TenantId, panel: &NewPanel) -> Result<PanelRow> {
+/// [`insert`] on a pooled connection: a statement that commits on its own.
+async fn write_alone(db: &Db, tenant: &TenantId, panels: &[&NewPanel]) -> Result<Vec<PanelRow>> {
     let mut conn = db.acquire().await?;
-    Ok(repo::create_panel(
-        &mut conn,
-        tenant,
-        &panel.user_id,
-        &panel.owner,
-        &panel.name,
-        panel.description.as_deref(),
-        &panel.cohort_rule,
-        &panel.metadata,
-    )
-    .await?)
+    insert(&mut conn, tenant, panels).await
 }
 
-/// The rows of `jobs`, in their order.
-async fn create_many(db: &Db, tenant: &TenantId, jobs: &[Job]) -> Result<Vec<PanelRow>> {
-    let panels: Vec<&NewPanel> = jobs.iter().map(|j| &j.panel).collect();
-    let panels = serde_json::to_value(panels).map_err(|e| ApiError::Internal(e.into()))?;
-    let mut conn = db.acquire().await?;
-    let mut rows = repo::create_panels(&mut conn, tenant, &panels).await?;
+/// Writes `panels` of one tenant with one `create_panels` statement on `conn` (a pooled
+/// connection, where it commits on its own, or the request's transaction): their rows, in their
+/// order.
+pub async fn insert(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    panels: &[&NewPanel],
+) -> Result<Vec<PanelRow>> {
+    let json = serde_json::to_value(panels).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut rows = repo::create_panels(conn, tenant, &json).await?;
+    if rows.len() != panels.len() {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "create_panels answered {} rows for {} panels",
+            rows.len(),
+            panels.len()
+        )));
+    }
     rows.sort_by_key(|(ord, _)| *ord);
     Ok(rows.into_iter().map(|(_, row)| row).collect())
+}
+
+/// The row of a one-panel [`insert`].
+pub fn one(rows: Vec<PanelRow>) -> Result<PanelRow> {
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("create_panels answered no row")))
 }

@@ -13,38 +13,9 @@ macro_rules! columns {
     };
 }
 
-/// A panel and its owner's ACL entry, in one statement (the `create_panel` function, migration
-/// 0900). Outside a transaction it binds the tenant for the statement's own transaction, which
-/// commits both together: one round trip. Inside one (the `Idempotency-Key` path), it joins it.
-#[allow(clippy::too_many_arguments)]
-pub async fn create_panel(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    user_id: &str,
-    owner: &str,
-    name: &str,
-    description: Option<&str>,
-    cohort_rule: &Value,
-    metadata: &Value,
-) -> sqlx::Result<PanelRow> {
-    sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        " from create_panel($1, $2, $3, $4, $5, $6, $7) p"
-    ))
-    .bind(tenant.as_str())
-    .bind(user_id)
-    .bind(owner)
-    .bind(name)
-    .bind(description)
-    .bind(cohort_rule)
-    .bind(metadata)
-    .fetch_one(conn)
-    .await
-}
-
-/// Several panels of one tenant and their owner entries in one statement, committed together
-/// (`create_panels`, migration 0920): each row with the 1-based position of its input.
+/// Panels of one tenant and their owner entries in one statement (`create_panels`, migration
+/// 0920): each row with the 1-based position of its input. Outside a transaction the statement
+/// binds the tenant for itself and commits on its own; inside one, it joins it.
 pub async fn create_panels(
     conn: &mut PgConnection,
     tenant: &TenantId,
@@ -69,56 +40,67 @@ struct Numbered {
     panel: PanelRow,
 }
 
-/// A panel with the reader's highest permission on it, in one round trip. `reader` is the
-/// (e-mail, lower-cased user id) pair of a non-admin; `None` (an admin) reads no ACL and gets
-/// `None` as the permission, which the caller turns into ownership.
+/// A panel with the reader's highest permission on it (`panel_with_permission`, migration
+/// 0900), inside the request's transaction. `reader` is the (e-mail, lower-cased user id) pair
+/// of a non-admin; `None` (an admin) reads no ACL and gets `None` as the permission, which the
+/// caller turns into ownership.
 pub async fn find_panel_with_permission(
     conn: &mut PgConnection,
     tenant: &TenantId,
     id: i64,
     reader: Option<(&str, &str)>,
 ) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
-    let (email, user) = reader.unzip();
-    let row: Option<PanelWithPermission> = sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        ", (select a.permission from access_control_lists a
-             where $3::text is not null and a.tenant_id = p.tenant_id and a.resource_type = 'panel'
-               and a.resource_id = p.id and a.user_email in ($3, $4, '_all')
-             order by case a.permission when 'owner' then 3 when 'editor' then 2 else 1 end desc
-             limit 1) as permission
-         from panel p where p.tenant_id = $1 and p.id = $2"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
-    .bind(email)
-    .bind(user)
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|r| (r.panel, r.permission)))
+    with_permission(
+        conn,
+        concat!(
+            "select ",
+            columns!(),
+            ", p.permission from panel_with_permission($1, $2, $3, $4) p"
+        ),
+        tenant,
+        id,
+        reader,
+    )
+    .await
 }
 
-/// [`find_panel_with_permission`] outside any transaction, in one round trip: the `read_panel`
-/// function (migration 0900) binds the tenant for the statement's own transaction. On a
-/// connection straight from the pool.
+/// The same outside any transaction, in one round trip: `read_panel` binds the tenant for the
+/// statement's own transaction. On a connection straight from the pool.
 pub async fn read_panel(
     conn: &mut PgConnection,
     tenant: &TenantId,
     id: i64,
     reader: Option<(&str, &str)>,
 ) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
+    with_permission(
+        conn,
+        concat!(
+            "select ",
+            columns!(),
+            ", p.permission from read_panel($1, $2, $3, $4) p"
+        ),
+        tenant,
+        id,
+        reader,
+    )
+    .await
+}
+
+async fn with_permission(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    tenant: &TenantId,
+    id: i64,
+    reader: Option<(&str, &str)>,
+) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
     let (email, user) = reader.unzip();
-    let row: Option<PanelWithPermission> = sqlx::query_as(concat!(
-        "select ",
-        columns!(),
-        ", p.permission from read_panel($1, $2, $3, $4) p"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
-    .bind(email)
-    .bind(user)
-    .fetch_optional(conn)
-    .await?;
+    let row: Option<PanelWithPermission> = sqlx::query_as(sql)
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(email)
+        .bind(user)
+        .fetch_optional(conn)
+        .await?;
     Ok(row.map(|r| (r.panel, r.permission)))
 }
 

@@ -138,20 +138,17 @@ pub async fn create(
     let metadata = Value::Object(req.metadata.unwrap_or_default());
     let name = req.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
     let (name, description, rule) = (name.trim(), req.description.as_deref(), to_json(&rule)?);
-    let owner = owner_key(principal);
+    let panel = batch::NewPanel {
+        user_id: principal.user_id.clone(),
+        owner: owner_key(principal).to_owned(),
+        name: name.to_owned(),
+        description: description.map(str::to_owned),
+        cohort_rule: rule,
+        metadata,
+    };
     let response = match idempotency_key {
         // The common case: one statement, committed alone or with concurrent creates.
-        None => {
-            let panel = batch::NewPanel {
-                user_id: principal.user_id.clone(),
-                owner: owner.to_owned(),
-                name: name.to_owned(),
-                description: description.map(str::to_owned),
-                cohort_rule: rule,
-                metadata,
-            };
-            PanelResponse::from(state.creates.create(&principal.tenant, panel).await?)
-        }
+        None => PanelResponse::from(state.creates.create(&principal.tenant, panel).await?),
         // With a key: claim it, create, and store the answer, in one transaction.
         Some(key) => {
             let mut tx = state.db.begin(&principal.tenant).await?;
@@ -160,17 +157,7 @@ pub async fn create(
             {
                 return Ok(Outcome::Replayed(replay));
             }
-            let row = repo::create_panel(
-                &mut tx,
-                &principal.tenant,
-                &principal.user_id,
-                owner,
-                name,
-                description,
-                &rule,
-                &metadata,
-            )
-            .await?;
+            let row = batch::one(batch::insert(&mut tx, &principal.tenant, &[&panel]).await?)?;
             let response = PanelResponse::from(row);
             idempotency::store(
                 &mut tx,

@@ -362,7 +362,8 @@ async fn the_one_trip_statements_bind_their_tenant_for_their_statement_only() {
         .expect("read");
     // So does a one-statement create for B.
     let (created, owner): (i64, String) = sqlx::query_as(
-        "select p.id, p.tenant_id from create_panel('tenant-b', 'u', 'u@b.example', 'New', null, '{}', '{}') p",
+        "select p.id, p.tenant_id from create_panels('tenant-b',
+           '[{\"userId\": \"u\", \"owner\": \"u@b.example\", \"name\": \"New\", \"cohortRule\": {}, \"metadata\": {}}]') p",
     )
     .fetch_one(&mut *tx)
     .await
