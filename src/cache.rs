@@ -39,7 +39,7 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::auth::{Principal, TenantId};
@@ -115,6 +115,18 @@ local next_tat = tat + granted * interval
 redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
 return {granted, 0}
 ";
+
+/// Most version reads one `MGET` answers; the rest wait for the next.
+const VERSION_BATCH: usize = 256;
+/// Version reads that may wait for the collector; beyond it, readers wait to queue.
+const VERSION_QUEUE: usize = 4096;
+
+/// A read of one version key (and the epoch), answered with both, or `None` when Redis cannot
+/// be trusted.
+struct VersionRead {
+    key: String,
+    reply: oneshot::Sender<Option<(u64, u64)>>,
+}
 
 /// What a cached read depends on, beside the global epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +301,8 @@ pub struct Cache {
 
 struct Redis {
     conn: ConnectionManager,
+    /// Version reads waiting for the next `MGET` (see [`read_versions_in_batches`]).
+    version_reads: mpsc::Sender<VersionRead>,
     command_timeout: Duration,
     read_versions: Script,
     bump_versions: Script,
@@ -330,6 +344,7 @@ impl Cache {
         let (subscribed_tx, subscribed) = watch::channel(false);
         let probe = Arc::new(Notify::new());
         let prefix = format!("panels:{namespace}");
+        let (version_reads, version_queue) = mpsc::channel(VERSION_QUEUE);
         let (redis, client) = match redis_url {
             None => (None, None),
             Some(url) => {
@@ -341,6 +356,7 @@ impl Cache {
                 let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
                 let redis = Redis {
                     conn,
+                    version_reads,
                     command_timeout,
                     read_versions: Script::new(READ_VERSIONS),
                     bump_versions: Script::new(BUMP_VERSIONS),
@@ -370,6 +386,10 @@ impl Cache {
             _stop: stop.clone().drop_guard(),
         });
         if let Some(client) = client {
+            tokio::spawn(read_versions_in_batches(
+                Arc::downgrade(&inner),
+                version_queue,
+            ));
             tokio::spawn(supervise(Arc::downgrade(&inner), probe, stop.clone()));
             tokio::spawn(subscribe(
                 client,
@@ -448,7 +468,7 @@ impl Cache {
         depends: Depends,
     ) -> Option<String> {
         let key = self.version_key(tenant, depends);
-        if self.inner.redis.is_none() {
+        let Some(redis) = self.inner.redis.as_ref() else {
             let mut versions = self
                 .inner
                 .local_versions
@@ -456,30 +476,68 @@ impl Cache {
                 .unwrap_or_else(|e| e.into_inner());
             let version = *versions.entry(key).or_insert_with(start_value);
             return Some(version.to_string());
+        };
+        if !self.is_trusted() {
+            return None;
         }
-        let keys = [self.epoch_key(), key];
+        let started = Instant::now();
+        let (reply, answer) = oneshot::channel();
+        redis
+            .version_reads
+            .send(VersionRead { key, reply })
+            .await
+            .ok()?;
+        let (epoch, version) = answer.await.ok().flatten()?;
+        self.inner
+            .metrics
+            .cache_latency
+            .with_label_values(&[cache, "versions"])
+            .observe(started.elapsed().as_secs_f64());
+        Some(format!("{epoch}.{version}"))
+    }
+
+    /// One round trip for a batch of version reads: the epoch and every distinct key, by `MGET`
+    /// (the script runs only when one is missing, to start it). `None` when Redis cannot answer.
+    async fn read_version_batch(&self, reads: &[VersionRead]) -> Option<Vec<(u64, u64)>> {
+        let mut keys = vec![self.epoch_key()];
+        let mut slots = Vec::with_capacity(reads.len());
+        for read in reads {
+            let slot = match keys.iter().position(|k| *k == read.key) {
+                Some(slot) => slot,
+                None => {
+                    keys.push(read.key.clone());
+                    keys.len() - 1
+                }
+            };
+            slots.push(slot);
+        }
         let versions: Vec<u64> = self
-            .run(cache, "versions", async |mut conn, redis| {
-                // Almost always both exist: a plain MGET costs Redis a fraction of the script,
-                // which runs only to start a missing version.
+            .run("versions", "mget", async |mut conn, redis| {
+                // Almost always every key exists: a plain MGET costs Redis a fraction of the
+                // script, which runs only to start a missing version.
                 let found: Vec<Option<u64>> = conn.mget(&keys).await?;
-                if let [Some(epoch), Some(version)] = found[..] {
-                    return Ok(vec![epoch, version]);
+                if found.iter().all(Option::is_some) {
+                    return Ok(found.into_iter().flatten().collect());
                 }
                 let mut call = redis.read_versions.prepare_invoke();
-                call.key(&keys[0]).key(&keys[1]);
-                call.arg(VERSION_TTL_SECS)
-                    .arg(start_value())
-                    .arg(start_value());
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(VERSION_TTL_SECS);
+                for _ in &keys {
+                    call.arg(start_value());
+                }
                 call.invoke_async(&mut conn).await
             })
             .await?;
+        if versions.len() != keys.len() {
+            return None;
+        }
         Some(
-            versions
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join("."),
+            slots
+                .into_iter()
+                .map(|s| (versions[0], versions[s]))
+                .collect(),
         )
     }
 
@@ -739,6 +797,40 @@ impl Cache {
 /// A random start for a version: never 0, far below 2^63 so `INCR` cannot overflow.
 fn start_value() -> u64 {
     (rand::random::<u64>() >> 12) + 1
+}
+
+/// Reads versions for every waiting reader with one `MGET`, one batch in flight at a time: the
+/// reads that arrive while a batch is out go together in the next. A read joins only a batch
+/// not yet sent, so it sees every bump that completed before it was asked (a write seen at once
+/// through every instance). Under load this turns a Redis command per cache hit into one per
+/// round trip, for Redis and for this process alike.
+async fn read_versions_in_batches(inner: Weak<Inner>, mut queue: mpsc::Receiver<VersionRead>) {
+    let mut batch = Vec::with_capacity(VERSION_BATCH);
+    loop {
+        if queue.recv_many(&mut batch, VERSION_BATCH).await == 0 {
+            return;
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner
+            .metrics
+            .cache_version_batch
+            .observe(batch.len() as f64);
+        let cache = Cache { inner };
+        match cache.read_version_batch(&batch).await {
+            Some(versions) => {
+                for (read, answer) in batch.drain(..).zip(versions) {
+                    let _ = read.reply.send(Some(answer));
+                }
+            }
+            None => {
+                for read in batch.drain(..) {
+                    let _ = read.reply.send(None);
+                }
+            }
+        }
+    }
 }
 
 /// Opens the breaker (a new generation) and wakes the probe.

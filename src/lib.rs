@@ -59,7 +59,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let auth = auth::AuthKeys::from_config(&config)?;
     let crypto = datasources::crypto::Crypto::from_config(&config)?;
     let db = db::Db::new(pool, metrics.db_waiting.clone());
-    Ok(AppState {
+    Ok(AppState::new(state::Shared {
         wakeup: jobs::Wakeup::default(),
         creates: panels::batch::CreateBatcher::new(db.clone()),
         db,
@@ -69,7 +69,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         crypto: Arc::new(crypto),
         metrics,
         config: Arc::new(config),
-    })
+    }))
 }
 
 /// The cache's namespace: the database's name (checked to be `[A-Za-z0-9_-]` by

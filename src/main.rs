@@ -27,9 +27,14 @@ enum Command {
     Openapi,
 }
 
+/// mimalloc instead of glibc's malloc: under load glibc's per-thread arenas contend on their locks
+/// (futex waits and wake-ups were a fifth of the server's CPU on cache hits) and keep freed memory
+/// (a burst of logins, 19 MiB each, left glibc at about 1 GB). Measured in bench/README.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    return_large_allocations_to_the_system();
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         match serde_json::to_string_pretty(&panels::router::openapi()) {
@@ -70,17 +75,5 @@ async fn main() -> std::process::ExitCode {
             eprintln!("panels: {err:#}");
             std::process::ExitCode::FAILURE
         }
-    }
-}
-
-/// glibc keeps freed memory in per-thread arenas; each password hash allocates 19 MiB, so a
-/// burst of logins left the process at about 1 GB for good (measured by the load benchmark).
-/// Served from mmap instead, blocks of 1 MiB or more go back to the system when freed.
-fn return_large_allocations_to_the_system() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only adjusts allocator tuning; it takes the allocator's own lock and is
-    // called once, before any allocation of that size.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }

@@ -1,18 +1,30 @@
 //! Prometheus metrics: one registry per process (held in `AppState`, no global), the HTTP
 //! metrics middleware, and the text exposition for `GET /metrics`.
 
+use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::extract::MatchedPath;
+use axum::http::StatusCode;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
+/// The process's metrics: one `Arc`, cloned into layers that clone it again for every request.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<MetricsInner>);
+
+impl Deref for Metrics {
+    type Target = MetricsInner;
+
+    fn deref(&self) -> &MetricsInner {
+        &self.0
+    }
+}
+
+pub struct MetricsInner {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -23,6 +35,7 @@ pub struct Metrics {
     pub cache_errors: IntCounterVec,
     pub cache_latency: HistogramVec,
     pub cache_bypassed: IntCounterVec,
+    pub cache_version_batch: Histogram,
 }
 
 impl Metrics {
@@ -83,6 +96,13 @@ impl Metrics {
             ),
             &["cache"],
         )?;
+        let cache_version_batch = Histogram::with_opts(
+            HistogramOpts::new(
+                "cache_version_batch_size",
+                "Version reads answered by one Redis MGET (concurrent reads share one)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )?;
 
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -94,11 +114,12 @@ impl Metrics {
             Box::new(cache_errors.clone()),
             Box::new(cache_latency.clone()),
             Box::new(cache_bypassed.clone()),
+            Box::new(cache_version_batch.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector)?;
         }
-        Ok(Self {
+        Ok(Self(Arc::new(MetricsInner {
             registry,
             http_requests,
             http_duration,
@@ -109,7 +130,8 @@ impl Metrics {
             cache_errors,
             cache_latency,
             cache_bypassed,
-        })
+            cache_version_batch,
+        })))
     }
 
     /// The Prometheus text exposition of every metric.
@@ -122,23 +144,23 @@ impl Metrics {
     }
 }
 
-/// Counts and times every request by method, matched route (never the raw path, which would
-/// explode the label space with ids) and status.
-pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [method.as_str(), route.as_str(), status.as_str()];
+/// Counts and times a request by method, matched route (never the raw path, which would explode
+/// the label space with ids) and status.
+pub fn observe_request(
+    metrics: &Metrics,
+    method: &str,
+    route: Option<&MatchedPath>,
+    status: StatusCode,
+    started: Instant,
+) {
+    let labels = [
+        method,
+        route.map_or("unmatched", MatchedPath::as_str),
+        status.as_str(),
+    ];
     metrics.http_requests.with_label_values(&labels).inc();
     metrics
         .http_duration
         .with_label_values(&labels)
         .observe(started.elapsed().as_secs_f64());
-    response
 }

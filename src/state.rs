@@ -1,6 +1,9 @@
-//! The application state shared by every handler: cheap to clone (everything inside is an
-//! `Arc` or a handle), passed with `State`, with `FromRef` for the parts extractors need.
+//! The application state shared by every handler: one `Arc`, so the clones axum makes for every
+//! request and layer cost one atomic increment (cloning each field's handle was 6% of the server's
+//! CPU on cache hits: a dozen atomics on counters both cores write), passed with `State`, with
+//! `FromRef` for the parts extractors need.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::db::Db;
@@ -13,7 +16,24 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     /// Wakes this process's sync workers when it enqueues a run.
     pub wakeup: crate::jobs::Wakeup,
     pub config: Arc<Config>,
