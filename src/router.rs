@@ -175,8 +175,9 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// Makes the request id available to every error built while serving the request, and gives
-/// errors produced outside our handlers (layers, axum itself) the one envelope.
+/// Makes the request id available to every error built while serving the request, gives errors
+/// produced outside our handlers (layers, axum itself) the one envelope, and counts and times the
+/// request by method, matched route and final status.
 async fn request_context(
     State(metrics): State<metrics::Metrics>,
     request: Request,

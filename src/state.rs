@@ -22,6 +22,22 @@ impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
     }
+
+    /// The same state under another configuration (tests put a short timeout behind the layers
+    /// production runs).
+    pub fn with_config(&self, config: Config) -> Self {
+        Self::new(Shared {
+            wakeup: self.wakeup.clone(),
+            config: Arc::new(config),
+            db: self.db.clone(),
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
+            auth: self.auth.clone(),
+            limits: self.limits.clone(),
+            creates: self.creates.clone(),
+            crypto: self.crypto.clone(),
+        })
+    }
 }
 
 impl Deref for AppState {

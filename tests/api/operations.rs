@@ -324,10 +324,9 @@ async fn a_panic_answers_500_with_the_envelope_and_the_server_keeps_serving() {
             "late"
         }),
     );
-    let mut state = app.state.clone();
-    let mut config = (*state.config).clone();
+    let mut config = (*app.state.config).clone();
     config.request_timeout = std::time::Duration::from_millis(200);
-    state.config = std::sync::Arc::new(config);
+    let state = app.state.with_config(config);
     let router = panels::router::with_layers(router, &state).with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
