@@ -8,6 +8,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends pkg-config libs
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
+# The allocator's compile-time settings (.cargo/config.toml) apply to the dependency build too.
+COPY .cargo ./.cargo
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && printf 'fn main() {}\n' > benches/formula.rs \
     && cargo build --release --locked --bin panels || true

@@ -618,9 +618,11 @@ def main() -> int:
         redis_note = f"{REDIS_URL} (cache versions, rate limits and events, as in production)"
     elif REDIS_URL:
         redis_note = f"none: {REDIS_URL} did not answer PING, so the server ran with its in-process cache only"
-    for passthrough in ("RUST_LOG", "WORKER_CONCURRENCY"):
+    for passthrough in ("RUST_LOG", "WORKER_CONCURRENCY", "RUNTIME_THREADS"):
         if os.environ.get(passthrough):
             server_env[passthrough] = os.environ[passthrough]
+    # The allocator's own settings (MIMALLOC_PURGE_DELAY, …), for experiments.
+    server_env.update({k: v for k, v in os.environ.items() if k.startswith("MIMALLOC_")})
     server = Server(server_env, OUT / f"{stamp}-server.log")
     tables = rls_tables()
     results: dict[str, Result] = {}

@@ -61,6 +61,9 @@ pub struct Config {
     /// 32-byte key (hex or base64) for secrets inside data-source configs.
     pub encryption_key: Option<SecretString>,
     pub worker_concurrency: usize,
+    /// Threads of the async runtime that serves requests and runs the sync workers; 0 means one
+    /// per CPU core.
+    pub runtime_threads: usize,
     /// How long a worker holds a sync run without renewing its lease.
     pub sync_lease: Duration,
     /// How long `POST .../sync` waits for the run before answering 202.
@@ -275,6 +278,7 @@ impl Config {
             )?,
             encryption_key: encryption_key.map(SecretString::from),
             worker_concurrency: ranged(&get, "WORKER_CONCURRENCY", 2usize, 0, 256)?,
+            runtime_threads: ranged(&get, "RUNTIME_THREADS", 0usize, 0, 1024)?,
             sync_lease: millis(&get, "SYNC_LEASE_MS", 60_000, 500, 3_600_000)?,
             sync_wait,
             upload_max_bytes: ranged(

@@ -33,8 +33,7 @@ enum Command {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         match serde_json::to_string_pretty(&panels::router::openapi()) {
@@ -55,8 +54,23 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.runtime_threads > 0 {
+        runtime.worker_threads(config.runtime_threads);
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(run(cli.command, config)),
+        Err(err) => {
+            eprintln!("panels: cannot start the async runtime: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Option<Command>, config: Config) -> std::process::ExitCode {
     panels::telemetry::init(config.log_format, &config.rust_log);
-    let result = match cli.command.unwrap_or(Command::Serve { no_workers: false }) {
+    let result = match command.unwrap_or(Command::Serve { no_workers: false }) {
         Command::Serve { no_workers } => panels::serve(config, !no_workers).await,
         Command::Worker => panels::work(config).await,
         Command::Migrate => {

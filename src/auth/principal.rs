@@ -18,13 +18,28 @@ impl FromRequestParts<AppState> for Principal {
             return Ok(principal.clone());
         }
         let principal = authenticate(parts, state).await?;
-        let span = tracing::Span::current();
-        span.record("tenant", principal.tenant.as_str());
-        span.record("user", principal.user_id.as_str());
+        record_principal(&tracing::Span::current(), &principal);
         state.limits.check_tenant(principal.tenant.as_str()).await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
+}
+
+/// Fills the request span's `tenant` and `user` in one record: the JSON log layer parses and
+/// rewrites a span's fields on every record, which made two records 5% of the server's CPU on
+/// cached reads. (`FieldSet::value_set` is what tracing's own macros expand to.)
+fn record_principal(span: &tracing::Span, principal: &Principal) {
+    let Some(fields) = span.metadata().map(|m| m.fields()) else {
+        return;
+    };
+    let (Some(tenant), Some(user)) = (fields.field("tenant"), fields.field("user")) else {
+        return;
+    };
+    let tenant_value = principal.tenant.as_str();
+    let user_value = principal.user_id.as_str();
+    let values: [(&tracing::field::Field, Option<&dyn tracing::Value>); 2] =
+        [(&tenant, Some(&tenant_value)), (&user, Some(&user_value))];
+    span.record_all(&fields.value_set(&values));
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {

@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, redis_url};
+use crate::helpers::{self, TestApp, redis_url, token_for};
+use panels::auth::Role;
 
 #[tokio::test]
 async fn liveness_and_its_aliases_answer_without_a_token() {
@@ -505,4 +506,81 @@ async fn the_sync_scheduler_runs_on_every_supported_postgresql() {
     let app = TestApp::spawn().await;
     let enqueued = panels::jobs::enqueue_due(&app.state).await;
     assert!(enqueued.is_ok(), "{enqueued:?}");
+}
+
+/// The JSON log of a request names the request, and the tenant and user of its verified token:
+/// the real binary, its real log layer, an event inside the request span.
+#[tokio::test]
+async fn request_logs_carry_the_request_id_and_the_verified_tenant_and_user() {
+    use std::io::Read;
+
+    let app = TestApp::spawn().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_panels"))
+        .args(["serve", "--no-workers"])
+        .env_clear()
+        .env("DATABASE_URL", &app.database_url)
+        .env("JWT_SECRET", helpers::JWT_SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        // tower-http logs each response at debug, inside the request span.
+        .env("RUST_LOG", "info,tower_http=debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the binary");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..300 {
+        if let Ok(res) = client.get(format!("{base}/health")).send().await
+            && res.status() == 200
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let token = token_for("log-tenant", "ann@example.com", Role::Builder);
+    let status = if up {
+        client
+            .get(format!("{base}/api/panels"))
+            .bearer_auth(&token)
+            .header("x-request-id", "log-check-1")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok()
+    } else {
+        None
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read the log");
+    assert!(up, "the server did not start: {out}");
+    assert_eq!(status, Some(200));
+
+    let line = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| {
+            l["span"]["request_id"] == "log-check-1"
+                && l["message"] == "finished processing request"
+        })
+        .unwrap_or_else(|| panic!("no log line of the request: {out}"));
+    assert_eq!(line["span"]["tenant"], "log-tenant", "{line}");
+    assert_eq!(line["span"]["user"], "user-ann@example.com", "{line}");
+    assert_eq!(line["span"]["route"], "/api/panels", "{line}");
+    assert_eq!(line["span"]["method"], "GET", "{line}");
 }
