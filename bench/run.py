@@ -84,6 +84,10 @@ CONNECTIONS = int(env("BENCH_CONNECTIONS", "32"))
 LOAD_FRACTION = float(env("BENCH_LOAD_FRACTION", "0.75"))
 RLS_MODE = env("BENCH_RLS", "both")  # both | on | off
 POOL = int(env("DATABASE_MAX_CONNECTIONS", "10"))
+# The server's runtime threads (RUNTIME_THREADS; 0 = one per core, the server's default). One: on
+# these 2 cores the server shares the machine with PostgreSQL, Redis and oha, and a second
+# runtime thread cost more in cross-core wake-ups than it added (bench/README.md, finding 16).
+RUNTIME_THREADS = int(env("BENCH_RUNTIME_THREADS", "1"))
 PGBENCH_CLIENTS = int(env("BENCH_PGBENCH_CLIENTS", str(POOL)))
 PORT = int(env("BENCH_PORT", "3901"))
 PG_HOST = env("BENCH_PG_HOST", "127.0.0.1")
@@ -618,7 +622,8 @@ def main() -> int:
         redis_note = f"{REDIS_URL} (cache versions, rate limits and events, as in production)"
     elif REDIS_URL:
         redis_note = f"none: {REDIS_URL} did not answer PING, so the server ran with its in-process cache only"
-    for passthrough in ("RUST_LOG", "WORKER_CONCURRENCY", "RUNTIME_THREADS"):
+    server_env["RUNTIME_THREADS"] = str(RUNTIME_THREADS)
+    for passthrough in ("RUST_LOG", "WORKER_CONCURRENCY"):
         if os.environ.get(passthrough):
             server_env[passthrough] = os.environ[passthrough]
     # The allocator's own settings (MIMALLOC_PURGE_DELAY, …), for experiments.
@@ -986,7 +991,7 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         f"- Machine: {machine_line()}; load average {load_info['start'][0]:.1f} at the start, "
         f"{load_info['end'][0]:.1f} at the end. **The cores are shared with other engineers' builds**: "
         "the \"other CPU\" column shows what the rest of the machine burned during each measurement.",
-        f"- PostgreSQL {pg_version} on the same machine; server pool {POOL} connections; pgbench {PGBENCH_CLIENTS} clients, 2 threads.",
+        f"- PostgreSQL {pg_version} on the same machine; server pool {POOL} connections, {RUNTIME_THREADS or 'one per core'} runtime thread{'s' if RUNTIME_THREADS != 1 else ''}; pgbench {PGBENCH_CLIENTS} clients, 2 threads.",
         f"- Each run {DURATION:g} s after a {WARMUP:g} s warm-up; closed loop with {CONNECTIONS} connections for "
         f"throughput, then a constant rate (oha -q, --latency-correction) at {LOAD_FRACTION:.0%} of it for latency "
         f"(GET /api/panels/{{id}}: at half the pgbench ceiling). Compression {'on (oha sends Accept-Encoding: gzip, br …, like a browser)' if COMPRESSION else 'off'}.",
