@@ -26,17 +26,9 @@ impl AppState {
     /// The same state under another configuration (tests put a short timeout behind the layers
     /// production runs).
     pub fn with_config(&self, config: Config) -> Self {
-        Self::new(Shared {
-            wakeup: self.wakeup.clone(),
-            config: Arc::new(config),
-            db: self.db.clone(),
-            cache: self.cache.clone(),
-            metrics: self.metrics.clone(),
-            auth: self.auth.clone(),
-            limits: self.limits.clone(),
-            creates: self.creates.clone(),
-            crypto: self.crypto.clone(),
-        })
+        let mut shared = (*self.0).clone();
+        shared.config = Arc::new(config);
+        Self::new(shared)
     }
 }
 
@@ -48,7 +40,8 @@ impl Deref for AppState {
     }
 }
 
-/// What [`AppState`] holds.
+/// What [`AppState`] holds (every field a handle, so a clone shares them).
+#[derive(Clone)]
 pub struct Shared {
     /// Wakes this process's sync workers when it enqueues a run.
     pub wakeup: crate::jobs::Wakeup,

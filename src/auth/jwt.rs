@@ -402,6 +402,10 @@ mod tests {
         let first = keys.verify(&token).expect("valid");
         assert_eq!(first.email, "ann@example.com");
         assert_eq!(first.role, Role::Builder);
+        assert!(
+            keys.verified.get(&token).is_some(),
+            "a valid token is remembered"
+        );
         let again = keys.verify(&token).expect("remembered");
         assert_eq!(again.user_id, "7");
         assert_eq!(again.tenant.as_str(), "acme");
