@@ -558,7 +558,7 @@ impl Cache {
         Fut: Future<Output = Result<Cached>>,
     {
         if !self.inner.enabled {
-            return load().await;
+            return Box::pin(load()).await;
         }
         let Some(versions) = self.versions(cache, tenant, depends).await else {
             self.inner
@@ -566,13 +566,24 @@ impl Cache {
                 .cache_bypassed
                 .with_label_values(&[cache])
                 .inc();
-            return load().await;
+            return Box::pin(load()).await;
         };
         let key = format!("{}:{tenant}:{cache}:{rest}:{versions}", self.inner.prefix);
         if let Some(hit) = self.inner.local.get(&key).await {
             self.hit(cache, "local");
             return Ok(hit);
         }
+        // Boxed: the Redis read and the load hold large futures (queries, connections), which
+        // would otherwise make every hit's future that large, and be moved with it.
+        Box::pin(self.fill(cache, key, load)).await
+    }
+
+    /// A miss in this process: the entry from Redis, or loaded and stored in both layers.
+    async fn fill<F, Fut>(&self, cache: &'static str, key: String, load: F) -> Result<Cached>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Cached>>,
+    {
         let remote: Option<Option<Vec<u8>>> = self
             .run(cache, "get", async |mut conn, _| conn.get(&key).await)
             .await;

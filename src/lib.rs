@@ -36,6 +36,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 pub use router::app;
@@ -92,6 +93,13 @@ pub async fn serve_on(
     let deadline = state.config.shutdown_timeout;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    // Answers go out when written: without TCP_NODELAY, Nagle's algorithm holds a small write
+    // while an earlier one is unacknowledged, and the client's delayed ACK can make that 40 ms.
+    let listener = listener.tap_io(|stream| {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY on an accepted connection");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = stopping_tx.send(());

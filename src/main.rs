@@ -54,11 +54,20 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One thread: the current-thread scheduler, which polls the sockets and runs every task on
+    // that thread without the work-stealing machinery (queues, wake-ups across threads) of the
+    // multi-thread one. Blocking work (password hashing) still goes to the blocking pool.
+    let mut runtime = match config.runtime_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        threads => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if threads > 0 {
+                builder.worker_threads(threads);
+            }
+            builder
+        }
+    };
     runtime.enable_all();
-    if config.runtime_threads > 0 {
-        runtime.worker_threads(config.runtime_threads);
-    }
     match runtime.build() {
         Ok(runtime) => runtime.block_on(run(cli.command, config)),
         Err(err) => {

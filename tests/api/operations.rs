@@ -509,7 +509,8 @@ async fn the_sync_scheduler_runs_on_every_supported_postgresql() {
 }
 
 /// The JSON log of a request names the request, and the tenant and user of its verified token:
-/// the real binary, its real log layer, an event inside the request span.
+/// the real binary, its real log layer, an event inside the request span, on the one-thread
+/// runtime.
 #[tokio::test]
 async fn request_logs_carry_the_request_id_and_the_verified_tenant_and_user() {
     use std::io::Read;
@@ -530,6 +531,8 @@ async fn request_logs_carry_the_request_id_and_the_verified_tenant_and_user() {
         .env("LOG_FORMAT", "json")
         // tower-http logs each response at debug, inside the request span.
         .env("RUST_LOG", "info,tower_http=debug")
+        // The one-thread runtime (the current-thread scheduler) serves this request end to end.
+        .env("RUNTIME_THREADS", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
