@@ -9,8 +9,9 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::FormattedFields;
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
@@ -20,22 +21,27 @@ pub fn init(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .fmt_fields(JsonSpanFields),
-            )
-            .try_init(),
+        LogFormat::Json => registry.with(json_layer()).try_init(),
         LogFormat::Pretty => registry
             .with(tracing_subscriber::fmt::layer().compact())
             .try_init(),
     };
     // Already installed (tests start many servers in one process): keep the first.
     let _ = result;
+}
+
+/// The production JSON lines: the event's fields at the top level, the innermost span's fields
+/// under `span`.
+fn json_layer<S>() -> tracing_subscriber::fmt::Layer<S, JsonSpanFields, Format<Json>>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .fmt_fields(JsonSpanFields)
 }
 
 /// Span fields as one JSON object, written straight into the span's string. Every request
@@ -229,15 +235,8 @@ mod tests {
     #[test]
     fn span_fields_written_and_recorded_later_are_one_json_object_on_the_line() {
         let lines = Lines::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
-                .fmt_fields(JsonSpanFields)
-                .with_writer(lines.clone()),
-        );
+        let subscriber =
+            tracing_subscriber::registry().with(json_layer().with_writer(lines.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let odd = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
             let span = tracing::info_span!(
@@ -280,13 +279,8 @@ mod tests {
     #[test]
     fn a_span_opened_without_values_gets_the_ones_recorded_later() {
         let lines = Lines::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .fmt_fields(JsonSpanFields)
-                .with_writer(lines.clone()),
-        );
+        let subscriber =
+            tracing_subscriber::registry().with(json_layer().with_writer(lines.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("outer", tenant = tracing::field::Empty);
             span.record("tenant", "acme");
