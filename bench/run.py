@@ -82,6 +82,10 @@ DURATION = seconds(env("BENCH_DURATION", "3s" if QUICK else "30s"))
 WARMUP = seconds(env("BENCH_WARMUP", "1s" if QUICK else "5s"))
 CONNECTIONS = int(env("BENCH_CONNECTIONS", "32"))
 LOAD_FRACTION = float(env("BENCH_LOAD_FRACTION", "0.75"))
+# How many constant-rate runs measure the latency target of GET /api/panels/{id}: on a shared
+# virtual machine one run's p99 moves with the host's noise (steal, other services' bursts), so
+# the report shows every run with its steal, and the target counts as met only in every run.
+LATENCY_RUNS = max(1, int(env("BENCH_LATENCY_RUNS", "3")))
 RLS_MODE = env("BENCH_RLS", "both")  # both | on | off
 POOL = int(env("DATABASE_MAX_CONNECTIONS", "10"))
 # The server's runtime threads (RUNTIME_THREADS; 0 = one per core, the server's default). One: on
@@ -185,13 +189,14 @@ def reset_peak_rss(pid: int) -> None:
         pass  # Peak RSS then covers the process's whole life; still an upper bound.
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, total, steal) CPU seconds of the whole machine, from /proc/stat. Steal is the time
+    the hypervisor ran something else while this machine's vCPUs wanted to run."""
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:]]
     idle = parts[3] + parts[4]
     total = sum(parts[:8])
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+    return (total - idle) / CLK_TCK, total / CLK_TCK, parts[7] / CLK_TCK
 
 
 def backends(dbs: tuple[str, ...]) -> dict[int, float]:
@@ -248,13 +253,20 @@ class Usage:
     loadgen_cpu: float = 0.0
     machine_busy: float = 0.0
     machine_total: float = 0.0
+    steal: float = 0.0
     peak_rss_mb: float = float("nan")
     wall: float = 0.0
 
     @property
     def other_cpu(self) -> float:
-        """CPU seconds spent by everything else on the machine (other engineers' builds)."""
-        return max(0.0, self.machine_busy - self.server_cpu - self.db_cpu - self.loadgen_cpu)
+        """CPU seconds spent by everything else on the machine (other engineers' builds, other
+        services), steal excluded."""
+        return max(0.0, self.machine_busy - self.steal - self.server_cpu - self.db_cpu - self.loadgen_cpu)
+
+    @property
+    def steal_pct(self) -> float:
+        """The share of the machine's CPU time the hypervisor took away during the run."""
+        return 100 * self.steal / self.machine_total if self.machine_total else float("nan")
 
 
 class Meter:
@@ -277,9 +289,10 @@ class Meter:
         u = self.usage
         u.wall = time.monotonic() - self.t0
         u.db_cpu = self.sampler.finish()
-        busy1, total1 = machine_cpu()
+        busy1, total1, steal1 = machine_cpu()
         u.machine_busy = busy1 - self.machine0[0]
         u.machine_total = total1 - self.machine0[1]
+        u.steal = steal1 - self.machine0[2]
         c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         u.loadgen_cpu = (c1.ru_utime - self.children0.ru_utime) + (c1.ru_stime - self.children0.ru_stime)
         if self.pid:
@@ -491,7 +504,7 @@ def merge(outcomes: list[Outcome]) -> Outcome:
     """Two runs of equal length as one: requests and CPU add up, rates average."""
     u = Usage()
     for o in outcomes:
-        for k in ("server_cpu", "db_cpu", "loadgen_cpu", "machine_busy", "machine_total", "wall"):
+        for k in ("server_cpu", "db_cpu", "loadgen_cpu", "machine_busy", "machine_total", "steal", "wall"):
             setattr(u, k, getattr(u, k) + getattr(o.usage, k))
     return Outcome(requests=sum(o.requests for o in outcomes), rps=sum(o.rps for o in outcomes) / len(outcomes),
                    errors=sum(o.errors for o in outcomes), usage=u)
@@ -580,6 +593,11 @@ class Result:
     title: str
     capacity: Outcome | None = None
     at_rate: Outcome | None = None
+    # Every constant-rate run of a latency target (at_rate is the one with the median p99).
+    at_rate_runs: list[Outcome] = field(default_factory=list)
+    # GET /health at the same rate right after each of those runs, on the same server: the tail the
+    # machine itself adds to any answer at that load (no authentication, cache, Redis or database).
+    control_runs: list[Outcome] = field(default_factory=list)
     note: str = ""
     available: bool = True
 
@@ -764,8 +782,17 @@ def main() -> int:
                 log(f"  {cap:,.0f}/s, errors {res.capacity.errors}")
                 return
             log(f"  {cap:,.0f}/s, errors {res.capacity.errors}; constant rate {rate:,.0f}/s")
-            res.at_rate = drive(load, server, tmp, max(conns, 8), rate, warmup=False)
-            log(f"  p50 {res.at_rate.p50:.2f} ms, p99 {res.at_rate.p99:.2f} ms, errors {res.at_rate.errors}")
+            target = key in ("get_panel", "get_panel_db")
+            for _ in range(LATENCY_RUNS if target else 1):
+                run = drive(load, server, tmp, max(conns, 8), rate, warmup=False)
+                res.at_rate_runs.append(run)
+                log(f"  p50 {run.p50:.2f} ms, p99 {run.p99:.2f} ms, errors {run.errors}, steal {run.usage.steal_pct:.1f}%")
+                if target:
+                    control = drive(loads["health"][1], server, tmp, max(conns, 8), rate, warmup=False)
+                    res.control_runs.append(control)
+                    log(f"  control GET /health at the same rate: p99 {control.p99:.2f} ms, "
+                        f"steal {control.usage.steal_pct:.1f}%")
+            res.at_rate = sorted(res.at_rate_runs, key=lambda o: o.p99)[len(res.at_rate_runs) // 2]
 
         for key, (title, load, conns) in loads.items():
             if selected(key):
@@ -990,7 +1017,8 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         "",
         f"- Machine: {machine_line()}; load average {load_info['start'][0]:.1f} at the start, "
         f"{load_info['end'][0]:.1f} at the end. **The cores are shared with other engineers' builds**: "
-        "the \"other CPU\" column shows what the rest of the machine burned during each measurement.",
+        "the \"other CPU\" column shows what the rest of the machine burned during each measurement, and the "
+        "\"steal\" column what the hypervisor took from this virtual machine's cores.",
         f"- PostgreSQL {pg_version} on the same machine; server pool {POOL} connections, {RUNTIME_THREADS or 'one per core'} runtime thread{'s' if RUNTIME_THREADS != 1 else ''}; pgbench {PGBENCH_CLIENTS} clients, 2 threads.",
         f"- Each run {DURATION:g} s after a {WARMUP:g} s warm-up; closed loop with {CONNECTIONS} connections for "
         f"throughput, then a constant rate (oha -q, --latency-correction) at {LOAD_FRACTION:.0%} of it for latency "
@@ -1012,14 +1040,16 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         "## Scenarios",
         "",
         "Throughput is the closed-loop maximum; latencies are at the constant rate shown (coordinated omission corrected). "
-        "CPU columns are seconds per 1,000 requests of the closed-loop run; peak RSS is the server's VmHWM over both runs.",
+        "CPU columns are seconds per 1,000 requests of the closed-loop run; peak RSS is the server's VmHWM over both runs; "
+        "steal is the share of the machine's CPU time the hypervisor took during the constant-rate run (where a latency "
+        "target has several runs, the row shows the one with the median p99).",
         "",
-        "| Scenario | max req/s | ÷ pgbench -S | ÷ /health | at req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | server CPU s/1k | DB CPU s/1k | peak RSS MB | other CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| Scenario | max req/s | ÷ pgbench -S | ÷ /health | at req/s | p50 ms | p95 ms | p99 ms | p99.9 ms | errors | server CPU s/1k | DB CPU s/1k | peak RSS MB | other CPU s | steal % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, r in results.items():
         if not r.available:
-            lines.append(f"| {r.title} | not available | | | | | | | | | | | | |")
+            lines.append(f"| {r.title} | not available | | | | | | | | | | | | | |")
             continue
         c, a = r.capacity, r.at_rate
         lat = a or c
@@ -1029,7 +1059,7 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
             f"| {r.title} | {fmt(c.rps, 0)} | {ratio(c.rps, pg.rps)} | {ratio(c.rps, health_rps)} | "
             f"{fmt(a.offered, 0) if a else 'closed loop'} | {fmt(lat.p50, 2)} | {fmt(lat.p95, 2)} | {fmt(lat.p99, 2)} | "
             f"{fmt(lat.p999, 2)} | {errors} | {fmt(c.cpu_per_1k(), 3)} | {fmt(c.db_cpu_per_1k(), 3)} | {fmt(rss)} | "
-            f"{fmt(c.usage.other_cpu)} |"
+            f"{fmt(c.usage.other_cpu)} | {fmt(lat.usage.steal_pct)} |"
         )
     if mix:
         a = mix["all"]
@@ -1038,7 +1068,8 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
             f"{ratio(mix['capacity'] or mix['achieved'], pg.rps)} | {ratio(mix['capacity'] or mix['achieved'], health_rps)} | "
             f"{fmt(mix['offered'], 0)} (answered {fmt(mix['achieved'], 0)}) | "
             f"{fmt(a.p50, 2)} | {fmt(a.p95, 2)} | {fmt(a.p99, 2)} | {fmt(a.p999, 2)} | {mix['errors']} | "
-            f"{fmt(a.cpu_per_1k(), 3)} | {fmt(a.db_cpu_per_1k(), 3)} | {fmt(mix['usage'].peak_rss_mb)} | {fmt(mix['usage'].other_cpu)} |"
+            f"{fmt(a.cpu_per_1k(), 3)} | {fmt(a.db_cpu_per_1k(), 3)} | {fmt(mix['usage'].peak_rss_mb)} | {fmt(mix['usage'].other_cpu)} | "
+            f"{fmt(mix['usage'].steal_pct)} |"
         )
     lines += ["", "Closed-loop latencies (queueing at saturation, not corrected), for reference:", "",
               "| Scenario | p50 ms | p99 ms | p99.9 ms | statuses | client errors |", "|---|---:|---:|---:|---|---|"]
@@ -1081,13 +1112,25 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         if not (gp and gp.capacity):
             continue
         half = 0.5 * pg.rps
-        p99 = gp.at_rate.p99 if gp.at_rate else float("nan")
+        runs = gp.at_rate_runs or ([gp.at_rate] if gp.at_rate else [])
+        met_runs = sum(1 for o in runs if o.p99 < 10)
         at_target = gp.capacity.rps >= half
         lines.append(f"| {label} ≥ ½ pgbench -S ({fmt(half, 0)}/s) | {fmt(gp.capacity.rps, 0)}/s "
                      f"({ratio(gp.capacity.rps, pg.rps)} of the ceiling; {gp.capacity.rps / REFERENCE['get_panel'][0]:.1f}× the Node.js service) | "
                      f"{'yes' if at_target else 'no'} |")
-        lines.append(f"| … with p99 < 10 ms at that load | p99 {fmt(p99, 2)} ms at {fmt(gp.at_rate.offered if gp.at_rate else None, 0)}/s ({gp.note}) | "
-                     f"{'yes' if at_target and p99 < 10 else 'no'} |")
+        per_run = "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in runs) or "–"
+        control = "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in gp.control_runs)
+        if not (at_target and runs):
+            verdict = "no"
+        elif met_runs == len(runs):
+            verdict = "yes"
+        else:
+            verdict = f"no: {met_runs} of {len(runs)} runs"
+        lines.append(f"| … with p99 < 10 ms at that load | p99 per {DURATION:g}-s run: {per_run}, at "
+                     f"{fmt(gp.at_rate.offered if gp.at_rate else None, 0)}/s ({gp.note}) | {verdict} |")
+        if control:
+            lines.append(f"| (control, no target) GET /health at the same rate after each run: the machine's own tail | "
+                         f"p99 {control} | – |")
     cp = results.get("create_panel")
     if cp and cp.capacity:
         lines.append(f"| POST /api/panels ≥ 20 × 440 = 8,800/s | {fmt(cp.capacity.rps, 0)}/s ({cp.capacity.rps / 440:.1f}×) | "
@@ -1121,7 +1164,9 @@ def as_json(pg, floor, create_floor, results, mix, rls_pairs) -> dict:
 
     return {
         "pgbench": o(pg), "sql_floor": o(floor), "create_floor": o(create_floor),
-        "scenarios": {k: {"title": r.title, "available": r.available, "capacity": o(r.capacity), "at_rate": o(r.at_rate)}
+        "scenarios": {k: {"title": r.title, "available": r.available, "capacity": o(r.capacity), "at_rate": o(r.at_rate),
+                          "at_rate_runs": [o(x) for x in r.at_rate_runs],
+                          "control_runs": [o(x) for x in r.control_runs]}
                       for k, r in results.items()},
         "mix": None if not mix else {"offered": mix["offered"], "achieved": mix["achieved"], "errors": mix["errors"],
                                      "capacity": mix["capacity"], "predicted": mix["predicted"],
