@@ -1107,7 +1107,11 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
                   "steadier measure of what RLS adds (cost = 1 − CPU without / CPU with)."]
 
     lines += ["", "## Targets", "", "| Target | Measured | Met |", "|---|---|---|"]
-    for key, label in (("get_panel", "GET /api/panels/{id}"), ("get_panel_db", "GET /api/panels/{id}, cache off")):
+    # The target is the endpoint as the service runs it, with its cache. The same figures with the
+    # cache off (every read from PostgreSQL) follow for reference: what they would score, not a verdict.
+    for key, label in (("get_panel", "GET /api/panels/{id}"),
+                       ("get_panel_db", "(reference, no target) GET /api/panels/{id}, cache off")):
+        reference = key == "get_panel_db"
         gp = results.get(key)
         if not (gp and gp.capacity):
             continue
@@ -1117,7 +1121,7 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         at_target = gp.capacity.rps >= half
         lines.append(f"| {label} ≥ ½ pgbench -S ({fmt(half, 0)}/s) | {fmt(gp.capacity.rps, 0)}/s "
                      f"({ratio(gp.capacity.rps, pg.rps)} of the ceiling; {gp.capacity.rps / REFERENCE['get_panel'][0]:.1f}× the Node.js service) | "
-                     f"{'yes' if at_target else 'no'} |")
+                     f"{shown('yes' if at_target else 'no', reference)} |")
         per_run = "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in runs) or "–"
         control = "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in gp.control_runs)
         if not (at_target and runs):
@@ -1127,7 +1131,7 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         else:
             verdict = f"no: {met_runs} of {len(runs)} runs"
         lines.append(f"| … with p99 < 10 ms at that load | p99 per {DURATION:g}-s run: {per_run}, at "
-                     f"{fmt(gp.at_rate.offered if gp.at_rate else None, 0)}/s ({gp.note}) | {verdict} |")
+                     f"{fmt(gp.at_rate.offered if gp.at_rate else None, 0)}/s ({gp.note}) | {shown(verdict, reference)} |")
         if control:
             lines.append(f"| (control, no target) GET /health at the same rate after each run: the machine's own tail | "
                          f"p99 {control} | – |")
@@ -1152,6 +1156,11 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines.append("")
     return "\n".join(lines)
+
+
+def shown(verdict: str, reference: bool) -> str:
+    """A target's verdict, or for a reference row what it would have been."""
+    return f"– (would be {verdict})" if reference else verdict
 
 
 def as_json(pg, floor, create_floor, results, mix, rls_pairs) -> dict:

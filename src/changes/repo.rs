@@ -101,7 +101,7 @@ const CHANGE_WHERE: &str = "c.tenant_id = $1
     and ($4::timestamptz is null or c.created_at >= $4)
     and ($5::timestamptz is null or c.created_at < $5)
     and ($6::text is null or exists (
-        select 1 from access_control_lists a where a.tenant_id = c.tenant_id and a.resource_type = 'panel'
+        select 1 from access_control_lists a where a.tenant_id = $1 and a.resource_type = 'panel'
            and a.resource_id = c.panel_id and a.user_email in ($6, $7, '_all')))";
 
 /// A page of changes and the total matching, in one round trip.

@@ -25,10 +25,10 @@ macro_rules! listed {
            and ($3::boolean is null or v.is_published = $3)
            and ($4::text is null
                 or exists (select 1 from access_control_lists a
-                           where a.tenant_id = v.tenant_id and a.resource_type = 'view' and a.resource_id = v.id
+                           where a.tenant_id = $1 and a.resource_type = 'view' and a.resource_id = v.id
                              and a.user_email in ($4, $5, '_all'))
                 or (v.is_published and exists (select 1 from access_control_lists a
-                           where a.tenant_id = v.tenant_id and a.resource_type = 'panel' and a.resource_id = v.panel_id
+                           where a.tenant_id = $1 and a.resource_type = 'panel' and a.resource_id = v.panel_id
                              and a.user_email in ($4, $5, '_all'))))"
     };
 }
