@@ -592,14 +592,19 @@ class Result:
     key: str
     title: str
     capacity: Outcome | None = None
-    at_rate: Outcome | None = None
-    # Every constant-rate run of a latency target (at_rate is the one with the median p99).
+    # Every constant-rate run (several for a latency target, one otherwise).
     at_rate_runs: list[Outcome] = field(default_factory=list)
     # GET /health at the same rate right after each of those runs, on the same server: the tail the
     # machine itself adds to any answer at that load (no authentication, cache, Redis or database).
     control_runs: list[Outcome] = field(default_factory=list)
     note: str = ""
     available: bool = True
+
+    @property
+    def at_rate(self) -> Outcome | None:
+        """The constant-rate run the tables show: the one with the median p99."""
+        runs = sorted(self.at_rate_runs, key=lambda o: o.p99)
+        return runs[len(runs) // 2] if runs else None
 
 
 def fmt(x: float | None, digits: int = 1) -> str:
@@ -792,7 +797,6 @@ def main() -> int:
                     res.control_runs.append(control)
                     log(f"  control GET /health at the same rate: p99 {control.p99:.2f} ms, "
                         f"steal {control.usage.steal_pct:.1f}%")
-            res.at_rate = sorted(res.at_rate_runs, key=lambda o: o.p99)[len(res.at_rate_runs) // 2]
 
         for key, (title, load, conns) in loads.items():
             if selected(key):
@@ -1116,14 +1120,14 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         if not (gp and gp.capacity):
             continue
         half = 0.5 * pg.rps
-        runs = gp.at_rate_runs or ([gp.at_rate] if gp.at_rate else [])
+        runs = gp.at_rate_runs
         met_runs = sum(1 for o in runs if o.p99 < 10)
         at_target = gp.capacity.rps >= half
         lines.append(f"| {label} ≥ ½ pgbench -S ({fmt(half, 0)}/s) | {fmt(gp.capacity.rps, 0)}/s "
                      f"({ratio(gp.capacity.rps, pg.rps)} of the ceiling; {gp.capacity.rps / REFERENCE['get_panel'][0]:.1f}× the Node.js service) | "
                      f"{shown('yes' if at_target else 'no', reference)} |")
-        per_run = "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in runs) or "–"
-        control = "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in gp.control_runs)
+        per_run = p99_list(runs) or "–"
+        control = p99_list(gp.control_runs)
         if not (at_target and runs):
             verdict = "no"
         elif met_runs == len(runs):
@@ -1156,6 +1160,11 @@ def render(stamp, pg, floor, create_floor, results, mix, rls_pairs, notes, load_
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines.append("")
     return "\n".join(lines)
+
+
+def p99_list(runs: list[Outcome]) -> str:
+    """Each run's p99 with the steal it suffered, in the order they ran."""
+    return "; ".join(f"{fmt(o.p99, 2)} ms (steal {fmt(o.usage.steal_pct)}%)" for o in runs)
 
 
 def shown(verdict: str, reference: bool) -> str:
