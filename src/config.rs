@@ -9,7 +9,61 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
+
+/// A 32-byte key for the secrets inside data-source configs, parsed from `ENCRYPTION_KEY` (and
+/// `ENCRYPTION_KEYS`). `Debug` never shows it.
+#[derive(Clone)]
+pub struct EncryptionKey([u8; 32]);
+
+impl EncryptionKey {
+    /// 64 hex characters, or base64 (standard or URL-safe, padded or not) of exactly 32 bytes.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        let bytes = if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(raw).map_err(|e| e.to_string())?
+        } else {
+            [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+                .iter()
+                .find_map(|engine| engine.decode(raw).ok())
+                .ok_or_else(|| "expected 64 hex characters or base64 of 32 bytes".to_owned())?
+        };
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(Self)
+            .map_err(|_| format!("expected 32 bytes, got {}", bytes.len()))
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey(hidden)")
+    }
+}
+
+/// Secrets published in this repository (`.env.example`, `docker-compose.yml`, the README):
+/// production refuses to start with any of them.
+const EXAMPLE_SECRETS: &[&str] = &[
+    "change-me-to-a-long-random-string-of-at-least-32-chars",
+    "compose-development-secret-change-me-0123456789",
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    "test-secret-0123456789abcdef0123456789abcdef",
+    "postgres",
+    "secret",
+    "panels",
+];
+
+/// Whether a secret is one of the published examples (or says it is a placeholder).
+fn is_example_secret(secret: &str) -> bool {
+    let lower = secret.to_ascii_lowercase();
+    EXAMPLE_SECRETS.contains(&secret) || lower.contains("change-me") || lower.contains("changeme")
+}
 
 /// Where the service runs: production refuses insecure shortcuts (a generated JWT secret).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +112,10 @@ pub struct Config {
     pub rate_limit_tenant_rps: u32,
     pub rate_limit_tenant_burst: u32,
     pub rate_limit_login_per_minute: u32,
-    /// 32-byte key (hex or base64) for secrets inside data-source configs.
-    pub encryption_key: Option<SecretString>,
+    /// The key for secrets inside data-source configs (every new encryption).
+    pub encryption_key: Option<EncryptionKey>,
+    /// Earlier keys (`ENCRYPTION_KEYS`), for decryption only until `panels rotate-secrets` ran.
+    pub encryption_keys_old: Vec<EncryptionKey>,
     pub worker_concurrency: usize,
     /// Threads of the async runtime that serves requests and runs the sync workers; 0 means one
     /// per CPU core.
@@ -73,6 +129,18 @@ pub struct Config {
     /// Largest pushed batch of records (bytes).
     pub push_max_bytes: usize,
     pub allow_private_source_hosts: bool,
+    /// `false`: `POST /auth/register` creates no organisation (invitations still work).
+    pub registration_enabled: bool,
+    /// Registrations per minute per client address (checked before any password hashing).
+    pub rate_limit_register_per_minute: u32,
+    /// Failed API-key and token attempts per minute per client address.
+    pub rate_limit_auth_failures_per_minute: u32,
+    /// Proxies whose `Forwarded` / `X-Forwarded-For` headers name the client.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Deadline of an upload (instead of `REQUEST_TIMEOUT_MS`).
+    pub upload_timeout: Duration,
+    /// Absolute lifetime of a login's refresh tokens: rotation never extends it.
+    pub jwt_refresh_max_age: Duration,
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -209,19 +277,91 @@ impl Config {
 
         // Checked here so a bad key stops start-up with the variable's name, before any secret
         // could be written with a key nobody can reproduce.
-        let encryption_key = get("ENCRYPTION_KEY");
-        if let Some(key) = &encryption_key
-            && let Err(reason) = crate::datasources::crypto::decode_key(key)
-        {
-            return Err(ConfigError {
+        let encryption_key = get("ENCRYPTION_KEY")
+            .map(|raw| {
+                if environment == Environment::Production && is_example_secret(raw.trim()) {
+                    return Err(
+                        "is a published example value; generate a key of your own".to_owned()
+                    );
+                }
+                EncryptionKey::parse(&raw)
+            })
+            .transpose()
+            .map_err(|reason| ConfigError {
                 name: "ENCRYPTION_KEY",
                 reason,
-            });
-        }
+            })?;
         if encryption_key.is_none() && environment == Environment::Production {
             return Err(ConfigError {
                 name: "ENCRYPTION_KEY",
                 reason: "is required when APP_ENV=production".to_owned(),
+            });
+        }
+        let encryption_keys_old = get("ENCRYPTION_KEYS")
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(EncryptionKey::parse)
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|reason| ConfigError {
+                name: "ENCRYPTION_KEYS",
+                reason,
+            })?
+            .unwrap_or_default();
+
+        if environment == Environment::Production {
+            production_checks(
+                &get,
+                &database_url,
+                jwt_secret.as_deref(),
+                redis_url.as_deref(),
+            )?;
+        }
+        if get("JWT_PUBLIC_KEYS_FILE").is_some() && get("JWT_AUDIENCE").is_none() {
+            return Err(ConfigError {
+                name: "JWT_AUDIENCE",
+                reason: "is required with JWT_PUBLIC_KEYS_FILE: an identity provider signs tokens for many applications, and only the audience says a token is for this one".to_owned(),
+            });
+        }
+        let trusted_proxies = get("TRUSTED_PROXIES")
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        p.parse::<IpNet>()
+                            .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                            .map_err(|_| format!("{p:?} is not an address or CIDR block"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|reason| ConfigError {
+                name: "TRUSTED_PROXIES",
+                reason,
+            })?
+            .unwrap_or_default();
+        let jwt_refresh_ttl = Duration::from_secs(ranged(
+            &get,
+            "JWT_REFRESH_TTL",
+            30 * 86_400u64,
+            60,
+            365 * 86_400,
+        )?);
+        let jwt_refresh_max_age = Duration::from_secs(ranged(
+            &get,
+            "JWT_REFRESH_MAX_AGE",
+            90 * 86_400u64,
+            60,
+            3650 * 86_400,
+        )?);
+        if jwt_refresh_max_age < jwt_refresh_ttl {
+            return Err(ConfigError {
+                name: "JWT_REFRESH_MAX_AGE",
+                reason: "must be at least JWT_REFRESH_TTL".to_owned(),
             });
         }
 
@@ -244,13 +384,8 @@ impl Config {
                 10,
                 86_400,
             )?),
-            jwt_refresh_ttl: Duration::from_secs(ranged(
-                &get,
-                "JWT_REFRESH_TTL",
-                30 * 86_400u64,
-                60,
-                365 * 86_400,
-            )?),
+            jwt_refresh_ttl,
+            jwt_refresh_max_age,
             jwt_issuer: get("JWT_ISSUER"),
             jwt_audience: get("JWT_AUDIENCE"),
             jwt_public_keys_file: get("JWT_PUBLIC_KEYS_FILE"),
@@ -276,7 +411,8 @@ impl Config {
                 0,
                 100_000,
             )?,
-            encryption_key: encryption_key.map(SecretString::from),
+            encryption_key,
+            encryption_keys_old,
             worker_concurrency: ranged(&get, "WORKER_CONCURRENCY", 2usize, 0, 256)?,
             runtime_threads: ranged(&get, "RUNTIME_THREADS", 0usize, 0, 1024)?,
             sync_lease: millis(&get, "SYNC_LEASE_MS", 60_000, 500, 3_600_000)?,
@@ -290,6 +426,23 @@ impl Config {
             )?,
             push_max_bytes: ranged(&get, "PUSH_MAX_BYTES", 32 * 1024 * 1024usize, 1024, 1 << 30)?,
             allow_private_source_hosts: boolean(&get, "ALLOW_PRIVATE_SOURCE_HOSTS", false)?,
+            registration_enabled: boolean(&get, "REGISTRATION_ENABLED", true)?,
+            rate_limit_register_per_minute: ranged(
+                &get,
+                "RATE_LIMIT_REGISTER_PER_MINUTE",
+                10u32,
+                0,
+                100_000,
+            )?,
+            rate_limit_auth_failures_per_minute: ranged(
+                &get,
+                "RATE_LIMIT_AUTH_FAILURES_PER_MINUTE",
+                30u32,
+                0,
+                1_000_000,
+            )?,
+            trusted_proxies,
+            upload_timeout: millis(&get, "UPLOAD_TIMEOUT_MS", 600_000, 1_000, 86_400_000)?,
         })
     }
 
@@ -302,6 +455,56 @@ impl Config {
     pub fn database_url(&self) -> &str {
         self.database_url.expose_secret()
     }
+}
+
+/// What production refuses beyond what every environment checks: published example secrets,
+/// secrets shorter than 32 bytes, and serving requests without a login role of their own.
+fn production_checks(
+    get: &impl Fn(&str) -> Option<String>,
+    database_url: &str,
+    jwt_secret: Option<&str>,
+    redis_url: Option<&str>,
+) -> Result<(), ConfigError> {
+    if let Some(secret) = jwt_secret
+        && is_example_secret(secret)
+    {
+        return Err(ConfigError {
+            name: "JWT_SECRET",
+            reason: "is a published example value; generate a secret of your own".to_owned(),
+        });
+    }
+    let Some(app_url) = get("DATABASE_APP_URL") else {
+        return Err(ConfigError {
+            name: "DATABASE_APP_URL",
+            reason: "is required when APP_ENV=production: requests must run as a login role without superuser or BYPASSRLS (switching the owner connection with SET ROLE can be undone with RESET ROLE)".to_owned(),
+        });
+    };
+    let urls = [
+        ("DATABASE_URL", Some(database_url.to_owned())),
+        ("DATABASE_APP_URL", Some(app_url)),
+        ("REDIS_URL", redis_url.map(str::to_owned)),
+    ];
+    for (name, url) in urls {
+        let Some(url) = url else { continue };
+        let password = url::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned));
+        if let Some(password) = password {
+            if is_example_secret(&password) {
+                return Err(ConfigError {
+                    name,
+                    reason: "its password is a published example value".to_owned(),
+                });
+            }
+            if password.len() < 32 {
+                return Err(ConfigError {
+                    name,
+                    reason: "its password is shorter than 32 bytes".to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn number<T: FromStr>(
@@ -434,10 +637,15 @@ mod tests {
                 .name,
             "ENCRYPTION_KEY"
         );
-        let hex_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let hex_key = "a0112233445566778899aabbccddeeff00112233445566778899aabbccddeef0";
+        let app_url = (
+            "DATABASE_APP_URL",
+            "postgres://panels_login:Zx9aQ2kR7mT4vB8nC1dE6fG3hJ5kL0pq@db/panels",
+        );
         config(&[
             ("APP_ENV", "production"),
             secret,
+            app_url,
             ("ENCRYPTION_KEY", hex_key),
         ])
         .expect("a 64-hex-character key is valid");
@@ -446,6 +654,89 @@ mod tests {
             "ABEiM0RVZneImaq7zN3u/wARIjNEVWZ3iJmqu8zd7v8=",
         )])
         .expect("base64 of 32 bytes is valid");
+        config(&[("ENCRYPTION_KEYS", &format!("{hex_key}, bad"))])
+            .expect_err("every old key is checked");
+    }
+
+    #[test]
+    fn production_refuses_examples_short_secrets_and_the_owner_connection() {
+        let secret = ("JWT_SECRET", "0123456789abcdef0123456789abcdef-topsecret");
+        let key = (
+            "ENCRYPTION_KEY",
+            "a0112233445566778899aabbccddeeff00112233445566778899aabbccddeef0",
+        );
+        let app_url = (
+            "DATABASE_APP_URL",
+            "postgres://panels_login:Zx9aQ2kR7mT4vB8nC1dE6fG3hJ5kL0pq@db/panels",
+        );
+        let prod = ("APP_ENV", "production");
+        let refused = |pairs: &[(&str, &str)]| config(pairs).expect_err("refused").name;
+        assert_eq!(refused(&[prod, secret, key]), "DATABASE_APP_URL");
+        assert_eq!(
+            refused(&[
+                prod,
+                (
+                    "JWT_SECRET",
+                    "change-me-to-a-long-random-string-of-at-least-32-chars"
+                ),
+                key,
+                app_url
+            ]),
+            "JWT_SECRET"
+        );
+        assert_eq!(
+            refused(&[
+                prod,
+                secret,
+                (
+                    "ENCRYPTION_KEY",
+                    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+                ),
+                app_url
+            ]),
+            "ENCRYPTION_KEY"
+        );
+        assert_eq!(
+            refused(&[
+                prod,
+                secret,
+                key,
+                ("DATABASE_APP_URL", "postgres://app:short@db/panels")
+            ]),
+            "DATABASE_APP_URL"
+        );
+        assert_eq!(
+            refused(&[
+                prod,
+                secret,
+                key,
+                app_url,
+                ("REDIS_URL", "redis://:postgres@redis:6379")
+            ]),
+            "REDIS_URL"
+        );
+        config(&[prod, secret, key, app_url]).expect("a real production configuration");
+        // Outside production the same shortcuts are allowed.
+        config(&[("DATABASE_APP_URL", "postgres://app:short@db/panels")]).expect("development");
+    }
+
+    #[test]
+    fn an_identity_provider_needs_an_audience_and_proxies_are_cidrs() {
+        assert_eq!(
+            config(&[("JWT_PUBLIC_KEYS_FILE", "/etc/jwks.json")])
+                .expect_err("no audience")
+                .name,
+            "JWT_AUDIENCE"
+        );
+        let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, 192.168.1.7")]).expect("valid");
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[1].contains(&"192.168.1.7".parse::<IpAddr>().expect("ip")));
+        assert_eq!(
+            config(&[("TRUSTED_PROXIES", "proxy.local")])
+                .expect_err("not a CIDR")
+                .name,
+            "TRUSTED_PROXIES"
+        );
     }
 
     #[test]

@@ -66,6 +66,8 @@ pub struct ErrorBody {
 pub enum ApiError {
     #[error("{message}")]
     Validation {
+        /// `VALIDATION_ERROR`, or a more specific code naming what kind of input was refused.
+        code: &'static str,
         message: String,
         details: Vec<FieldError>,
     },
@@ -145,12 +147,21 @@ impl ApiError {
     }
 
     pub fn validation(details: Vec<FieldError>) -> Self {
+        Self::validation_coded("VALIDATION_ERROR", details)
+    }
+
+    /// Invalid fields under a code of their own (`INVALID_SOURCE_CONFIG`, `SECRET_REQUIRED`, …).
+    pub fn validation_coded(code: &'static str, details: Vec<FieldError>) -> Self {
         let message = details
             .iter()
             .map(|d| format!("{}: {}", d.field, d.message))
             .collect::<Vec<_>>()
             .join(", ");
-        Self::Validation { message, details }
+        Self::Validation {
+            code,
+            message,
+            details,
+        }
     }
 
     /// One invalid field.
@@ -178,7 +189,7 @@ impl ApiError {
 
     pub fn code(&self) -> &str {
         match self {
-            Self::Validation { .. } => "VALIDATION_ERROR",
+            Self::Validation { code, .. } => code,
             Self::BadRequest { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }

@@ -21,6 +21,7 @@ pub mod health;
 pub mod idempotency;
 pub mod jobs;
 pub mod metrics;
+pub mod netguard;
 pub mod openapi;
 pub mod page;
 pub mod panels;
@@ -29,6 +30,7 @@ pub mod router;
 pub mod rows;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod views;
 
 use std::future::Future;
@@ -46,6 +48,7 @@ use crate::state::AppState;
 
 /// Prepares the database (create, migrate) and builds the state shared by every request.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    tls::install_crypto_provider();
     db::ensure_database(config.database_url()).await?;
     db::migrate(config.database_url()).await?;
     let metrics = metrics::Metrics::new()?;

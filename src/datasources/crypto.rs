@@ -1,19 +1,23 @@
 //! Secrets inside data-source configs, encrypted at rest with AES-256-GCM.
 //!
 //! A secret is the value of `connectionString`, of any key whose name contains `password`,
-//! `secret`, `token` or `apiKey` (case-insensitive, at any depth), and every value of a
-//! `headers` object (API sources put credentials there: `Authorization`, `X-Api-Key`, …). In the
-//! stored jsonb a secret is `{"$enc": "v1:<base64 of nonce ‖ ciphertext>"}`; the plaintext is the
-//! secret's JSON, so any JSON value round-trips. Responses and change records never show either
-//! form: they show [`MASK`]. Server code that needs the real values (the sync) calls
-//! [`decrypt_config`].
+//! `secret`, `token` or `apiKey` (case-insensitive, at any depth), every value of a `headers`
+//! object (API sources put credentials there: `Authorization`, `X-Api-Key`, …), and the
+//! credentials inside a `url` (a userinfo password, query parameters such as `access_token`,
+//! `api_key`, `key`, `token`, `signature`): the URL is stored masked in place and its credentials
+//! beside it under [`URL_SECRETS`], itself a secret. In the stored jsonb a secret is
+//! `{"$enc": "v2:<key id>:<base64 of nonce ‖ ciphertext>"}`, sealed with associated data naming the
+//! tenant, the data source and the field, so a ciphertext moved anywhere else does not decrypt;
+//! the key id lets keys rotate (`ENCRYPTION_KEYS` holds the old ones for reading, `panels
+//! rotate-secrets` re-encrypts). The plaintext is the secret's JSON, so any JSON value
+//! round-trips. Responses and change records never show either form: they show [`MASK`]. Server
+//! code that needs the real values (the sync) calls [`decrypt_config`].
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use anyhow::{Context, anyhow};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use secrecy::ExposeSecret;
+use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
@@ -25,42 +29,89 @@ pub const MASK: &str = "********";
 
 /// The key of the object that holds an encrypted secret in the stored config.
 const ENC_KEY: &str = "$enc";
-/// Version prefix of the ciphertext format, so the format (or key) can change later.
-const VERSION: &str = "v1:";
+/// The first format: no associated data, no key id (still read; `panels rotate-secrets` rewrites).
+const V1: &str = "v1:";
+/// The current format: `v2:<key id>:<base64 of nonce ‖ ciphertext>`, sealed with associated data
+/// naming the tenant, the data source and the field, so a ciphertext copied into another source,
+/// tenant or field does not decrypt.
+const V2: &str = "v2:";
 const NONCE_LEN: usize = 12;
 
-/// The cipher for data-source secrets. `Debug` never shows the key.
-pub struct Crypto {
+/// Where a secret belongs: bound into its ciphertext as associated data.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretScope<'a> {
+    pub tenant: &'a str,
+    pub data_source_id: i64,
+}
+
+impl SecretScope<'_> {
+    fn associated_data(&self, path: &[Seg]) -> Vec<u8> {
+        format!(
+            "panels/data_source/v2|{}|{}|{}",
+            self.tenant,
+            self.data_source_id,
+            path_name(path)
+        )
+        .into_bytes()
+    }
+}
+
+/// One key: its cipher and its id (the first 8 hex digits of a hash of the key: names the key in
+/// each ciphertext without revealing it).
+struct KeyEntry {
+    id: String,
     cipher: Aes256Gcm,
+}
+
+impl KeyEntry {
+    fn new(key: &[u8; 32]) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"panels-key-id");
+        hasher.update(key);
+        Self {
+            id: hex::encode(&hasher.finalize()[..4]),
+            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)),
+        }
+    }
+}
+
+/// The ciphers for data-source secrets: the current key (every encryption) and the old keys of
+/// `ENCRYPTION_KEYS` (decryption only, until `panels rotate-secrets` has re-encrypted everything
+/// with the current key). `Debug` never shows a key.
+pub struct Crypto {
+    current: KeyEntry,
+    old: Vec<KeyEntry>,
 }
 
 impl std::fmt::Debug for Crypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Crypto(AES-256-GCM, key hidden)")
+        write!(
+            f,
+            "Crypto(AES-256-GCM, key {} + {} old, keys hidden)",
+            self.current.id,
+            self.old.len()
+        )
     }
-}
-
-/// Decodes `ENCRYPTION_KEY`: 64 hex characters, or base64 (standard or URL-safe, padded or not)
-/// of exactly 32 bytes.
-pub fn decode_key(raw: &str) -> std::result::Result<[u8; 32], String> {
-    let raw = raw.trim();
-    let bytes = if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
-        hex::decode(raw).map_err(|e| e.to_string())?
-    } else {
-        [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
-            .iter()
-            .find_map(|engine| engine.decode(raw).ok())
-            .ok_or_else(|| "expected 64 hex characters or base64 of 32 bytes".to_owned())?
-    };
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("expected 32 bytes, got {}", bytes.len()))
 }
 
 impl Crypto {
     pub fn new(key: [u8; 32]) -> Self {
-        Self {
-            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(key)),
-        }
+        Self::with_old_keys(key, &[])
+    }
+
+    pub fn with_old_keys(key: [u8; 32], old: &[[u8; 32]]) -> Self {
+        let current = KeyEntry::new(&key);
+        let old = old
+            .iter()
+            .map(KeyEntry::new)
+            .filter(|k| k.id != current.id)
+            .collect();
+        Self { current, old }
+    }
+
+    /// The id of the key every new secret is encrypted with.
+    pub fn current_key_id(&self) -> &str {
+        &self.current.id
     }
 
     /// The cipher of this installation. Without `ENCRYPTION_KEY` (allowed only outside
@@ -71,10 +122,13 @@ impl Crypto {
     /// The derived key is only as secret as the JWT secret, which is why production needs its
     /// own key.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        if let Some(raw) = &config.encryption_key {
-            let key = decode_key(raw.expose_secret())
-                .map_err(|reason| anyhow!("invalid configuration: ENCRYPTION_KEY: {reason}"))?;
-            return Ok(Self::new(key));
+        let old: Vec<[u8; 32]> = config
+            .encryption_keys_old
+            .iter()
+            .map(|k| *k.bytes())
+            .collect();
+        if let Some(key) = &config.encryption_key {
+            return Ok(Self::with_old_keys(*key.bytes(), &old));
         }
         if config.environment == Environment::Production {
             return Err(anyhow!(
@@ -85,6 +139,7 @@ impl Crypto {
         hasher.update(b"panels-config-encryption");
         match &config.jwt_secret {
             Some(secret) => {
+                use secrecy::ExposeSecret;
                 hasher.update(secret.expose_secret().as_bytes());
                 tracing::warn!(
                     "ENCRYPTION_KEY is not set: data-source secrets are encrypted with a key derived from JWT_SECRET (development only)"
@@ -97,35 +152,76 @@ impl Crypto {
                 );
             }
         }
-        Ok(Self::new(hasher.finalize().into()))
+        Ok(Self::with_old_keys(hasher.finalize().into(), &old))
     }
 
-    /// `v1:<base64 of nonce ‖ ciphertext>` of `plaintext`, with a fresh random nonce.
-    fn encrypt(&self, plaintext: &[u8]) -> anyhow::Result<String> {
+    fn key(&self, id: &str) -> Option<&KeyEntry> {
+        std::iter::once(&self.current)
+            .chain(&self.old)
+            .find(|k| k.id == id)
+    }
+
+    /// `v2:<key id>:<base64 of nonce ‖ ciphertext>` of `plaintext` bound to `aad`, with a fresh
+    /// random nonce, under the current key.
+    fn encrypt(&self, plaintext: &[u8], aad: &[u8]) -> anyhow::Result<String> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let sealed = self
+            .current
             .cipher
-            .encrypt(&nonce, plaintext)
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| anyhow!("encryption failed"))?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
-        Ok(format!("{VERSION}{}", STANDARD.encode(out)))
+        Ok(format!("{V2}{}:{}", self.current.id, STANDARD.encode(out)))
     }
 
-    fn decrypt(&self, token: &str) -> anyhow::Result<Vec<u8>> {
-        let encoded = token
-            .strip_prefix(VERSION)
-            .context("unknown secret format")?;
-        let bytes = STANDARD.decode(encoded).context("secret is not base64")?;
-        if bytes.len() <= NONCE_LEN {
-            return Err(anyhow!("secret is too short"));
+    fn decrypt(&self, token: &str, aad: &[u8]) -> anyhow::Result<Vec<u8>> {
+        if let Some(rest) = token.strip_prefix(V2) {
+            let (id, encoded) = rest.split_once(':').context("secret without a key id")?;
+            let key = self.key(id).with_context(|| {
+                format!("secret encrypted with key {id}, which is not configured (ENCRYPTION_KEYS)")
+            })?;
+            let (nonce, sealed) = split_sealed(encoded)?;
+            return key
+                .cipher
+                .decrypt(
+                    &nonce,
+                    Payload {
+                        msg: sealed.as_slice(),
+                        aad,
+                    },
+                )
+                .map_err(|_| {
+                    anyhow!(
+                        "secret does not decrypt here (another source, tenant or field, or altered)"
+                    )
+                });
         }
-        let (nonce, sealed) = bytes.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().context("secret nonce")?;
-        self.cipher
-            .decrypt(&Nonce::from(nonce), sealed)
-            .map_err(|_| anyhow!("secret does not decrypt with this ENCRYPTION_KEY"))
+        let encoded = token.strip_prefix(V1).context("unknown secret format")?;
+        let (nonce, sealed) = split_sealed(encoded)?;
+        std::iter::once(&self.current)
+            .chain(&self.old)
+            .find_map(|k| k.cipher.decrypt(&nonce, sealed.as_slice()).ok())
+            .ok_or_else(|| {
+                anyhow!("secret does not decrypt with ENCRYPTION_KEY or ENCRYPTION_KEYS")
+            })
     }
+}
+
+fn split_sealed(encoded: &str) -> anyhow::Result<(Nonce<aes_gcm::aead::consts::U12>, Vec<u8>)> {
+    let bytes = STANDARD.decode(encoded).context("secret is not base64")?;
+    if bytes.len() <= NONCE_LEN {
+        return Err(anyhow!("secret is too short"));
+    }
+    let (nonce, sealed) = bytes.split_at(NONCE_LEN);
+    let nonce: [u8; NONCE_LEN] = nonce.try_into().context("secret nonce")?;
+    Ok((Nonce::from(nonce), sealed.to_vec()))
 }
 
 /// One step of a path inside a config.
@@ -178,7 +274,7 @@ pub fn visit_secrets(
             Value::Object(map) => {
                 for (key, child) in map.iter_mut() {
                     path.push(Seg::Key(key.clone()));
-                    if is_secret_name(key) {
+                    if is_secret_name(key) || key == URL_SECRETS {
                         f(path, child)?;
                     } else if key.eq_ignore_ascii_case("headers") && child.is_object() {
                         if let Value::Object(headers) = child {
@@ -224,29 +320,32 @@ fn sealed_token(value: &Value) -> Option<&str> {
     }
 }
 
-/// Encrypts every secret of a plaintext config for storage (`null` stays `null`: nothing to hide).
-pub fn encrypt_config(crypto: &Crypto, config: &Value) -> Result<Value> {
+/// Encrypts every secret of a plaintext config for storage (`null` stays `null`: nothing to
+/// hide). Expects the URL's secrets split off already ([`split_url_secrets`]).
+pub fn encrypt_config(crypto: &Crypto, scope: SecretScope<'_>, config: &Value) -> Result<Value> {
     let mut out = config.clone();
-    visit_secrets(&mut out, &mut |_, secret| {
-        if !secret.is_null() {
+    visit_secrets(&mut out, &mut |path, secret| {
+        if !secret.is_null() && sealed_token(secret).is_none() {
             let plaintext = serde_json::to_vec(secret).map_err(|e| ApiError::Internal(e.into()))?;
-            *secret = json!({ ENC_KEY: crypto.encrypt(&plaintext)? });
+            *secret = json!({ ENC_KEY: crypto.encrypt(&plaintext, &scope.associated_data(path))? });
         }
         Ok(())
     })?;
     Ok(out)
 }
 
-/// The stored config with every secret decrypted: for server code that uses the source (the
-/// sync), never for a response. A secret stored in clear (written before encryption existed) is
-/// answered as it is; one that does not decrypt (another key) is an error.
-pub fn decrypt_config(crypto: &Crypto, config: &Value) -> Result<Value> {
+/// The stored config with every secret decrypted, the URL still masked and its secrets beside it
+/// (the form an update compares with). A secret stored in clear (written before encryption
+/// existed) is answered as it is; one that does not decrypt is an error.
+pub fn open_config(crypto: &Crypto, scope: SecretScope<'_>, config: &Value) -> Result<Value> {
     let mut out = config.clone();
     visit_secrets(&mut out, &mut |path, secret| {
         if let Some(token) = sealed_token(secret) {
-            let plaintext = crypto.decrypt(token).with_context(|| {
-                format!("cannot decrypt data-source secret {}", path_name(path))
-            })?;
+            let plaintext = crypto
+                .decrypt(token, &scope.associated_data(path))
+                .with_context(|| {
+                    format!("cannot decrypt data-source secret {}", path_name(path))
+                })?;
             *secret = serde_json::from_slice(&plaintext)
                 .with_context(|| format!("decrypted secret {} is not JSON", path_name(path)))?;
         }
@@ -255,10 +354,48 @@ pub fn decrypt_config(crypto: &Crypto, config: &Value) -> Result<Value> {
     Ok(out)
 }
 
-/// The config as a client may see it: every secret (encrypted or not) replaced by [`MASK`].
+/// The config a connector uses: every secret decrypted and the URL whole again. For server code
+/// that uses the source (the sync), never for a response.
+pub fn decrypt_config(crypto: &Crypto, scope: SecretScope<'_>, config: &Value) -> Result<Value> {
+    let mut out = open_config(crypto, scope, config)?;
+    join_url_secrets(&mut out);
+    Ok(out)
+}
+
+/// The stored config again with every secret under the current key and format, or `None` when it
+/// already is (`panels rotate-secrets`).
+pub fn reseal_config(
+    crypto: &Crypto,
+    scope: SecretScope<'_>,
+    stored: &Value,
+) -> Result<Option<Value>> {
+    let mut stale = false;
+    let mut probe = stored.clone();
+    visit_secrets(&mut probe, &mut |_, secret| {
+        match sealed_token(secret) {
+            Some(token) if token.starts_with(&format!("{V2}{}:", crypto.current.id)) => {}
+            None if secret.is_null() => {}
+            _ => stale = true,
+        }
+        Ok(())
+    })?;
+    if !stale {
+        return Ok(None);
+    }
+    let open = open_config(crypto, scope, stored)?;
+    encrypt_config(crypto, scope, &open).map(Some)
+}
+
+/// The config as a client may see it: every secret (encrypted or not) replaced by [`MASK`], the
+/// URL in its masked form, and the server's own bookkeeping (`$…` keys) left out.
 pub fn mask_config(config: &Value) -> Value {
     let mut out = match config {
-        Value::Object(map) => Value::Object(map.clone()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
         // A non-object config (never written by this service) reads as empty.
         _ => Value::Object(Map::new()),
     };
@@ -272,28 +409,160 @@ pub fn mask_config(config: &Value) -> Value {
     out
 }
 
+/// Where the secrets of a URL are kept beside its masked form (itself a secret, so encrypted).
+pub const URL_SECRETS: &str = "$urlSecrets";
+
+/// Query parameters whose values are credentials: names a secret key would have
+/// ([`is_secret_name`]: `access_token`, `api_key`, `client_secret`, …) and the usual short ones.
+pub fn is_secret_param(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    is_secret_name(name)
+        || matches!(
+            lower.as_str(),
+            "key" | "signature" | "sig" | "auth" | "code"
+        )
+}
+
+/// One credential taken out of a URL: a query parameter's raw (still percent-encoded) value, or
+/// the userinfo password (`name` `@password`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UrlSecret {
+    pub name: String,
+    pub value: String,
+}
+
+const USERINFO_PASSWORD: &str = "@password";
+
+/// Splits a URL into its masked form and its credentials, in order of appearance. A credential
+/// sent as [`MASK`] comes back with the value `None`: the caller keeps the stored one. The query
+/// is rewritten segment by segment, so everything but the masked values stays byte for byte.
+pub fn split_url(raw: &str) -> Option<(String, Vec<(String, Option<String>)>)> {
+    let mut url = url::Url::parse(raw).ok()?;
+    let mut secrets = Vec::new();
+    if let Some(password) = url.password().map(str::to_owned) {
+        let kept = (password != MASK).then_some(password);
+        secrets.push((USERINFO_PASSWORD.to_owned(), kept));
+        url.set_password(Some(MASK)).ok()?;
+    }
+    if let Some(query) = url.query().map(str::to_owned) {
+        let mut segments = Vec::new();
+        for segment in query.split('&') {
+            match segment.split_once('=') {
+                Some((name, value)) if is_secret_param(&decode_component(name)) => {
+                    let kept = (value != MASK).then(|| value.to_owned());
+                    secrets.push((decode_component(name), kept));
+                    segments.push(format!("{name}={MASK}"));
+                }
+                _ => segments.push(segment.to_owned()),
+            }
+        }
+        url.set_query(Some(&segments.join("&")));
+    }
+    Some((url.into(), secrets))
+}
+
+/// The URL with its credentials put back (in the order [`split_url`] took them out).
+pub fn join_url(masked: &str, secrets: &[UrlSecret]) -> String {
+    let Ok(mut url) = url::Url::parse(masked) else {
+        return masked.to_owned();
+    };
+    let take = |name: &str, used: &mut Vec<bool>| -> Option<String> {
+        let i = secrets
+            .iter()
+            .enumerate()
+            .position(|(i, s)| !used[i] && s.name == name)?;
+        used[i] = true;
+        Some(secrets[i].value.clone())
+    };
+    let mut used = vec![false; secrets.len()];
+    if url.password() == Some(MASK)
+        && let Some(password) = take(USERINFO_PASSWORD, &mut used)
+    {
+        let _ = url.set_password(Some(&password));
+    }
+    if let Some(query) = url.query().map(str::to_owned) {
+        let segments: Vec<String> = query
+            .split('&')
+            .map(|segment| match segment.split_once('=') {
+                Some((name, MASK)) if is_secret_param(&decode_component(name)) => {
+                    match take(&decode_component(name), &mut used) {
+                        Some(value) => format!("{name}={value}"),
+                        None => segment.to_owned(),
+                    }
+                }
+                _ => segment.to_owned(),
+            })
+            .collect();
+        url.set_query(Some(&segments.join("&")));
+    }
+    url.into()
+}
+
+fn decode_component(text: &str) -> String {
+    url::form_urlencoded::parse(format!("{text}=").as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default()
+}
+
+/// A plaintext config's URL split for storage: `url` masked, its credentials in
+/// [`URL_SECRETS`] (the caller has filled kept ones in). No credentials, no [`URL_SECRETS`].
+pub fn store_url_secrets(config: &mut Map<String, Value>, masked: String, secrets: Vec<UrlSecret>) {
+    config.insert("url".to_owned(), Value::String(masked));
+    if secrets.is_empty() {
+        config.remove(URL_SECRETS);
+    } else {
+        config.insert(URL_SECRETS.to_owned(), json!(secrets));
+    }
+}
+
+/// The stored credentials of a (decrypted) config's URL.
+pub fn url_secrets_of(config: &Value) -> Vec<UrlSecret> {
+    config
+        .get(URL_SECRETS)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default()
+}
+
+/// Puts a decrypted config's URL back together.
+fn join_url_secrets(config: &mut Value) {
+    let secrets = url_secrets_of(config);
+    if let Value::Object(map) = config {
+        map.remove(URL_SECRETS);
+        if !secrets.is_empty()
+            && let Some(Value::String(url)) = map.get("url")
+        {
+            let whole = join_url(url, &secrets);
+            map.insert("url".to_owned(), Value::String(whole));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::EncryptionKey;
 
     fn crypto() -> Crypto {
         Crypto::new([7u8; 32])
     }
 
+    const SCOPE: SecretScope<'static> = SecretScope {
+        tenant: "acme",
+        data_source_id: 7,
+    };
+
     #[test]
     fn keys_decode_from_hex_and_base64_of_32_bytes_only() {
-        assert_eq!(decode_key(&"ab".repeat(32)).expect("hex"), [0xab; 32]);
+        let parse = |raw: &str| EncryptionKey::parse(raw).map(|k| *k.bytes());
+        assert_eq!(parse(&"ab".repeat(32)).expect("hex"), [0xab; 32]);
         assert_eq!(
-            decode_key(&STANDARD.encode([1u8; 32])).expect("base64"),
+            parse(&STANDARD.encode([1u8; 32])).expect("base64"),
             [1u8; 32]
         );
-        assert_eq!(
-            decode_key(&URL_SAFE_NO_PAD.encode([2u8; 32])).expect("url-safe"),
-            [2u8; 32]
-        );
-        assert!(decode_key(&"ab".repeat(16)).is_err());
-        assert!(decode_key(&STANDARD.encode([1u8; 16])).is_err());
-        assert!(decode_key("not a key!").is_err());
+        assert!(parse(&"ab".repeat(16)).is_err());
+        assert!(parse(&STANDARD.encode([1u8; 16])).is_err());
+        assert!(parse("not a key!").is_err());
     }
 
     #[test]
@@ -325,7 +594,7 @@ mod tests {
             "list": [{"token": "list-token-value"}],
             "apiKey": null,
         });
-        let sealed = encrypt_config(&crypto(), &plain).expect("encrypt");
+        let sealed = encrypt_config(&crypto(), SCOPE, &plain).expect("encrypt");
         let text = sealed.to_string();
         // Long enough that base64 ciphertext cannot contain one by chance.
         for secret in ["hunter2", "Bearer abc", "text/csv", "list-token-value"] {
@@ -333,13 +602,15 @@ mod tests {
         }
         assert_eq!(sealed["query"], "select 1");
         assert_eq!(sealed["auth"]["user"], "me");
+        let token = sealed["connectionString"]["$enc"].as_str().expect("sealed");
         assert!(
-            sealed["connectionString"]["$enc"]
-                .as_str()
-                .expect("sealed")
-                .starts_with("v1:")
+            token.starts_with(&format!("v2:{}:", crypto().current_key_id())),
+            "{token}"
         );
-        assert_eq!(decrypt_config(&crypto(), &sealed).expect("decrypt"), plain);
+        assert_eq!(
+            decrypt_config(&crypto(), SCOPE, &sealed).expect("decrypt"),
+            plain
+        );
 
         let masked = mask_config(&sealed);
         assert_eq!(masked["connectionString"], MASK);
@@ -351,19 +622,145 @@ mod tests {
     }
 
     #[test]
+    fn a_ciphertext_is_bound_to_its_tenant_source_and_field() {
+        let sealed = encrypt_config(&crypto(), SCOPE, &json!({"password": "p", "token": "t"}))
+            .expect("encrypt");
+        let other_source = SecretScope {
+            data_source_id: 8,
+            ..SCOPE
+        };
+        let other_tenant = SecretScope {
+            tenant: "evil",
+            ..SCOPE
+        };
+        assert!(decrypt_config(&crypto(), other_source, &sealed).is_err());
+        assert!(decrypt_config(&crypto(), other_tenant, &sealed).is_err());
+        // The password's ciphertext moved into the token field does not decrypt either.
+        let mut swapped = sealed.clone();
+        swapped["token"] = sealed["password"].clone();
+        assert!(decrypt_config(&crypto(), SCOPE, &swapped).is_err());
+    }
+
+    #[test]
     fn another_key_cannot_decrypt_and_nonces_differ() {
         let plain = json!({"password": "p"});
-        let a = encrypt_config(&crypto(), &plain).expect("encrypt");
-        let b = encrypt_config(&crypto(), &plain).expect("encrypt");
+        let a = encrypt_config(&crypto(), SCOPE, &plain).expect("encrypt");
+        let b = encrypt_config(&crypto(), SCOPE, &plain).expect("encrypt");
         assert_ne!(a, b, "a fresh nonce per encryption");
-        assert!(decrypt_config(&Crypto::new([8u8; 32]), &a).is_err());
+        assert!(decrypt_config(&Crypto::new([8u8; 32]), SCOPE, &a).is_err());
+    }
+
+    #[test]
+    fn old_keys_decrypt_and_resealing_moves_everything_to_the_current_key() {
+        let plain = json!({"password": "p", "headers": {"A": "b"}, "query": "q"});
+        let old = Crypto::new([1u8; 32]);
+        let sealed_old = encrypt_config(&old, SCOPE, &plain).expect("encrypt");
+        let rotated = Crypto::with_old_keys([2u8; 32], &[[1u8; 32]]);
+        assert_eq!(
+            decrypt_config(&rotated, SCOPE, &sealed_old).expect("old key"),
+            plain
+        );
+        let resealed = reseal_config(&rotated, SCOPE, &sealed_old)
+            .expect("reseal")
+            .expect("was stale");
+        assert!(
+            reseal_config(&rotated, SCOPE, &resealed)
+                .expect("again")
+                .is_none()
+        );
+        let current_only = Crypto::new([2u8; 32]);
+        assert_eq!(
+            decrypt_config(&current_only, SCOPE, &resealed).expect("current"),
+            plain
+        );
+    }
+
+    #[test]
+    fn v1_secrets_without_associated_data_still_read() {
+        // The format before key ids and associated data: v1:<base64 of nonce ‖ ciphertext>.
+        let key = [7u8; 32];
+        let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(key));
+        let nonce = Nonce::from([3u8; NONCE_LEN]);
+        let sealed = cipher.encrypt(&nonce, &b"\"old-pw\""[..]).expect("seal");
+        let mut bytes = nonce.to_vec();
+        bytes.extend_from_slice(&sealed);
+        let stored = json!({"password": {"$enc": format!("v1:{}", STANDARD.encode(bytes))}});
+        let plain = decrypt_config(&crypto(), SCOPE, &stored).expect("v1");
+        assert_eq!(plain["password"], "old-pw");
+        assert!(
+            reseal_config(&crypto(), SCOPE, &stored)
+                .expect("reseal")
+                .is_some()
+        );
     }
 
     #[test]
     fn legacy_plaintext_secrets_read_as_they_are() {
         let legacy = json!({"connectionString": "postgres://old"});
-        assert_eq!(decrypt_config(&crypto(), &legacy).expect("plain"), legacy);
+        assert_eq!(
+            decrypt_config(&crypto(), SCOPE, &legacy).expect("plain"),
+            legacy
+        );
         assert_eq!(mask_config(&legacy)["connectionString"], MASK);
+    }
+
+    #[test]
+    fn url_credentials_are_masked_in_place_and_put_back_byte_for_byte() {
+        let raw = "https://svc:pw%21@api.example.com/v1/p?page=2&access_token=abc%2Bdef&q=a+b&key=k1&signature=s";
+        let (masked, secrets) = split_url(raw).expect("url");
+        assert_eq!(
+            masked,
+            "https://svc:********@api.example.com/v1/p?page=2&access_token=********&q=a+b&key=********&signature=********"
+        );
+        let secrets: Vec<UrlSecret> = secrets
+            .into_iter()
+            .map(|(name, value)| UrlSecret {
+                name,
+                value: value.expect("sent"),
+            })
+            .collect();
+        assert_eq!(secrets[0].name, "@password");
+        assert_eq!(
+            secrets[1],
+            UrlSecret {
+                name: "access_token".into(),
+                value: "abc%2Bdef".into()
+            }
+        );
+        assert_eq!(join_url(&masked, &secrets), raw);
+        // A credential sent back as the mask is a "keep".
+        let (_, again) = split_url(&masked).expect("url");
+        assert!(again.iter().all(|(_, v)| v.is_none()));
+        // No credentials: nothing changes.
+        let (plain, none) = split_url("https://x.example/a?page=1").expect("url");
+        assert_eq!(plain, "https://x.example/a?page=1");
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_stored_url_masks_without_decryption_and_decrypts_whole() {
+        let (masked, secrets) = split_url("https://api.example/x?token=t0p&page=1").expect("url");
+        let secrets = secrets
+            .into_iter()
+            .map(|(name, value)| UrlSecret {
+                name,
+                value: value.expect("sent"),
+            })
+            .collect();
+        let mut map = Map::new();
+        store_url_secrets(&mut map, masked, secrets);
+        let sealed = encrypt_config(&crypto(), SCOPE, &Value::Object(map)).expect("encrypt");
+        assert!(!sealed.to_string().contains("t0p"));
+        let shown = mask_config(&sealed);
+        assert_eq!(
+            shown,
+            json!({"url": "https://api.example/x?token=********&page=1"})
+        );
+        let plain = decrypt_config(&crypto(), SCOPE, &sealed).expect("decrypt");
+        assert_eq!(
+            plain,
+            json!({"url": "https://api.example/x?token=t0p&page=1"})
+        );
     }
 
     #[test]

@@ -321,7 +321,7 @@ mod tests {
     fn defaults_are_filled_and_unknown_keys_kept() {
         let (map, errors) = check(
             SourceType::Database,
-            json!({"connectionString": "postgres://x", "query": "  SELECT 1", "refreshInterval": 300}),
+            json!({"connectionString": "postgres://u@x", "query": "  SELECT 1", "refreshInterval": 300}),
         );
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(map["keyField"], "id");

@@ -14,17 +14,27 @@ macro_rules! columns {
     };
 }
 
+/// The id the next data source gets (its secrets are encrypted for it before the insert).
+pub async fn next_data_source_id(conn: &mut PgConnection) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select nextval(pg_get_serial_sequence('data_source', 'id'))")
+        .fetch_one(conn)
+        .await
+}
+
 pub async fn insert_data_source(
     conn: &mut PgConnection,
     tenant: &TenantId,
+    id: i64,
     panel_id: i64,
     kind: &str,
     config: &Value,
 ) -> sqlx::Result<DataSourceRow> {
     sqlx::query_as(concat!(
-        "insert into data_source as d (tenant_id, panel_id, type, config) values ($1, $2, $3, $4) returning ",
+        "insert into data_source as d (id, tenant_id, panel_id, type, config) overriding system value
+         values ($1, $2, $3, $4, $5) returning ",
         columns!()
     ))
+    .bind(id)
     .bind(tenant.as_str())
     .bind(panel_id)
     .bind(kind)

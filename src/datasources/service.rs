@@ -6,9 +6,11 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 
+use super::connectors::api::check_url;
+use super::connectors::database::PgTarget;
 use super::crypto::{
-    self, Crypto, MASK, decrypt_config, encrypt_config, lookup, mask_config, path_name,
-    visit_secrets,
+    self, MASK, SecretScope, UrlSecret, encrypt_config, lookup, mask_config, open_config,
+    path_name, visit_secrets,
 };
 use super::model::*;
 use super::repo;
@@ -19,6 +21,7 @@ use crate::db::Tx;
 use crate::error::{ApiError, FieldError, Result};
 use crate::etag::{IfMatch, etag};
 use crate::idempotency::{self, Outcome};
+use crate::netguard::{self, Blocked};
 use crate::page::{self, Page};
 use crate::panels::{Access, authorize};
 use crate::state::AppState;
@@ -35,23 +38,64 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
     serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
 }
 
-/// The plaintext config to store: secrets sent as the mask replaced by the stored ones
-/// (`stored`, decrypted; `None` on create, where a mask has nothing to stand for), then checked
-/// for the type, with defaults filled in.
-fn prepare_config(
+/// The plaintext config to store (in the open form: the URL masked, its credentials beside it):
+/// secrets sent as the mask replaced by the stored ones (`stored`, opened; `None` on create,
+/// where a mask has nothing to stand for), checked for the type with defaults filled in, its
+/// destination checked against the address policy, and a kept secret refused when the
+/// destination changed (it would follow the source to another host).
+async fn prepare_config(
+    allow_private: bool,
     kind: SourceType,
-    config: Map<String, Value>,
+    mut config: Map<String, Value>,
     stored: Option<&Value>,
 ) -> Result<Value> {
-    let mut config = Value::Object(config);
+    // The server's own bookkeeping keys are never taken from a client.
+    config.retain(|k, _| !k.starts_with('$'));
     let mut errors = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
+    if let Some(Value::String(raw)) = config.get("url").cloned()
+        && let Some((masked, parts)) = crypto::split_url(&raw)
+    {
+        let stored_secrets = stored.map(crypto::url_secrets_of).unwrap_or_default();
+        let mut used = vec![false; stored_secrets.len()];
+        let mut secrets = Vec::new();
+        for (name, value) in parts {
+            match value {
+                Some(value) => secrets.push(UrlSecret { name, value }),
+                None => {
+                    let found = stored_secrets
+                        .iter()
+                        .enumerate()
+                        .position(|(i, s)| !used[i] && s.name == name);
+                    match found {
+                        Some(i) => {
+                            used[i] = true;
+                            kept.push(format!("config.url ({name})"));
+                            secrets.push(stored_secrets[i].clone());
+                        }
+                        None => errors.push(FieldError::new(
+                            "config.url",
+                            format!(
+                                "{name} is the mask of a secret that is not stored; send the value"
+                            ),
+                        )),
+                    }
+                }
+            }
+        }
+        crypto::store_url_secrets(&mut config, masked, secrets);
+    }
+    let mut config = Value::Object(config);
     visit_secrets(&mut config, &mut |path, secret| {
         if secret.as_str() == Some(MASK) {
             match stored
                 .and_then(|s| lookup(s, path))
                 .filter(|v| !v.is_null())
             {
-                Some(kept) => *secret = kept.clone(),
+                Some(value) => {
+                    *secret = value.clone();
+                    kept.push(path_name(path));
+                }
                 None => errors.push(FieldError::new(
                     path_name(path),
                     "is the mask of a secret that is not stored; send the value",
@@ -64,11 +108,96 @@ fn prepare_config(
         return Err(ApiError::invalid("config", "must be an object"));
     };
     errors.extend(validate_config(kind, &mut map));
-    if errors.is_empty() {
-        Ok(Value::Object(map))
-    } else {
-        Err(ApiError::validation(errors))
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
     }
+    let config = Value::Object(map);
+    let destination = check_destination(allow_private, kind, &config).await?;
+    if !kept.is_empty()
+        && let Some(stored) = stored
+        && destination != destination_of(kind, stored)
+    {
+        return Err(ApiError::validation_coded(
+            "SECRET_REQUIRED",
+            kept.into_iter()
+                .map(|field| {
+                    FieldError::new(
+                        field,
+                        "must be sent again: the source now points to another destination, and a stored secret never follows it there",
+                    )
+                })
+                .collect(),
+        ));
+    }
+    Ok(config)
+}
+
+/// Where a source connects: scheme, host and port of an `api` URL; host, port and database of a
+/// `database` connection string (`None` when it has no destination or it does not parse).
+fn destination_of(kind: SourceType, config: &Value) -> Option<(String, String, u16)> {
+    match kind {
+        SourceType::Database => {
+            let raw = config.get("connectionString")?.as_str()?;
+            let (host, port, database) = PgTarget::parse(raw).ok()?.destination();
+            Some((database, host, port))
+        }
+        SourceType::Api => {
+            let url = reqwest::Url::parse(config.get("url")?.as_str()?).ok()?;
+            Some((
+                url.scheme().to_owned(),
+                url.host_str()?.to_ascii_lowercase(),
+                url.port_or_known_default()?,
+            ))
+        }
+        SourceType::File | SourceType::Custom => None,
+    }
+}
+
+/// The address policy at write time: a `database` host or an `api` URL that is (or resolves to)
+/// a forbidden address is refused with `INVALID_SOURCE_CONFIG` naming the field. A name that does
+/// not resolve now is accepted (it is checked again at every connect). Answers the destination.
+async fn check_destination(
+    allow_private: bool,
+    kind: SourceType,
+    config: &Value,
+) -> Result<Option<(String, String, u16)>> {
+    let refuse = |field: &str, message: &str| {
+        ApiError::validation_coded(
+            "INVALID_SOURCE_CONFIG",
+            vec![FieldError::new(field, message)],
+        )
+    };
+    match kind {
+        SourceType::Database => {
+            let raw = config
+                .get("connectionString")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let target = PgTarget::parse(raw)
+                .map_err(|reason| refuse("config.connectionString", &reason))?;
+            if netguard::resolve(&target.host, target.port, allow_private).await
+                == Err(Blocked::Refused)
+            {
+                return Err(refuse("config.connectionString", netguard::REFUSED));
+            }
+        }
+        SourceType::Api => {
+            let whole = crypto::join_url(
+                config
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                &crypto::url_secrets_of(config),
+            );
+            let url =
+                reqwest::Url::parse(&whole).map_err(|_| refuse("config.url", "is not a URL"))?;
+            if check_url(&url, allow_private).await == Err(Blocked::Refused) {
+                return Err(refuse("config.url", netguard::REFUSED));
+            }
+        }
+        SourceType::File | SourceType::Custom => {}
+    }
+    Ok(destination_of(kind, config))
 }
 
 /// The secrets (by path) whose value differs between two plaintext configs: a change record
@@ -164,11 +293,24 @@ pub async fn create(
     {
         return Ok(Outcome::Replayed(replay));
     }
-    let plain = prepare_config(req.kind, req.config, None)?;
-    let sealed = encrypt_config(&state.crypto, &plain)?;
+    let plain = prepare_config(
+        state.config.allow_private_source_hosts,
+        req.kind,
+        req.config,
+        None,
+    )
+    .await?;
+    // The id first: every secret's ciphertext is bound to its source.
+    let id = repo::next_data_source_id(&mut tx).await?;
+    let scope = SecretScope {
+        tenant: principal.tenant.as_str(),
+        data_source_id: id,
+    };
+    let sealed = encrypt_config(&state.crypto, scope, &plain)?;
     let row = repo::insert_data_source(
         &mut tx,
         &principal.tenant,
+        id,
         panel_id,
         req.kind.as_str(),
         &sealed,
@@ -244,14 +386,26 @@ pub async fn update(
     authorize(&mut tx, principal, panel_id, Access::Build).await?;
     let current = find(&mut tx, principal, panel_id, id, true).await?;
     if_match.check(&tag_of(&current))?;
-    let crypto: &Crypto = &state.crypto;
-    let old_plain = decrypt_config(crypto, &current.config)?;
-    let new_plain = prepare_config(req.kind, req.config, Some(&old_plain))?;
+    let scope = SecretScope {
+        tenant: principal.tenant.as_str(),
+        data_source_id: id,
+    };
+    let old_plain = open_config(&state.crypto, scope, &current.config)?;
+    // A kept secret may stay only at the same destination, which is the stored one's only if the
+    // type is the same.
+    let stored = (req.kind.as_str() == current.kind).then_some(&old_plain);
+    let new_plain = prepare_config(
+        state.config.allow_private_source_hosts,
+        req.kind,
+        req.config,
+        stored,
+    )
+    .await?;
     if req.kind.as_str() == current.kind && new_plain == old_plain {
         tx.commit().await?;
         return Ok((DataSourceResponse::from(&current), tag_of(&current)));
     }
-    let sealed = crypto::encrypt_config(crypto, &new_plain)?;
+    let sealed = encrypt_config(&state.crypto, scope, &new_plain)?;
     let row = repo::update_data_source(&mut tx, &principal.tenant, id, req.kind.as_str(), &sealed)
         .await?;
     let mut new_values = snapshot(&row);
@@ -310,18 +464,22 @@ pub async fn delete(
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_mask_keeps_a_stored_secret_and_is_refused_without_one() {
-        let stored = json!({"connectionString": "postgres://kept", "query": "select 1"});
+    #[tokio::test]
+    async fn the_mask_keeps_a_stored_secret_and_is_refused_without_one() {
+        let stored =
+            json!({"connectionString": "postgres://kept@db.invalid/x", "query": "select 1"});
         let sent = json!({"connectionString": MASK, "query": "select 2"})
             .as_object()
             .cloned()
             .expect("object");
-        let plain =
-            prepare_config(SourceType::Database, sent.clone(), Some(&stored)).expect("valid");
-        assert_eq!(plain["connectionString"], "postgres://kept");
+        let plain = prepare_config(false, SourceType::Database, sent.clone(), Some(&stored))
+            .await
+            .expect("valid");
+        assert_eq!(plain["connectionString"], "postgres://kept@db.invalid/x");
         assert_eq!(plain["query"], "select 2");
-        let err = prepare_config(SourceType::Database, sent, None).expect_err("nothing to keep");
+        let err = prepare_config(false, SourceType::Database, sent, None)
+            .await
+            .expect_err("nothing to keep");
         assert!(err.to_string().contains("config.connectionString"), "{err}");
     }
 

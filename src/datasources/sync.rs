@@ -16,7 +16,7 @@ use super::connectors::database::DatabaseConnector;
 use super::connectors::file::FileConnector;
 use super::connectors::sink::RowError;
 use super::connectors::{Common, Connector, Sink, SinkCounts, SyncError};
-use super::crypto::{decrypt_config, mask_config};
+use super::crypto::{SecretScope, decrypt_config, mask_config};
 use super::model::DataSourceRow;
 use super::repo;
 use crate::auth::{Credential, Principal, Role, TenantId};
@@ -123,6 +123,14 @@ pub struct PushResponse {
     /// Records refused, by 1-based position in `records`.
     pub errors: Vec<RowError>,
     pub error_count: u64,
+}
+
+/// Where a source's secrets belong (their ciphertexts are bound to it).
+fn scope_of<'a>(tenant: &'a TenantId, source: &DataSourceRow) -> SecretScope<'a> {
+    SecretScope {
+        tenant: tenant.as_str(),
+        data_source_id: source.id,
+    }
 }
 
 /// The actor of changes a sync records.
@@ -317,7 +325,7 @@ pub async fn execute(state: &AppState, tenant: &TenantId, worker: &str, claimed:
                 "the data source no longer exists".to_owned(),
             ));
         };
-        let config = decrypt_config(&state.crypto, &source.config)
+        let config = decrypt_config(&state.crypto, scope_of(tenant, &source), &source.config)
             .map_err(|e| SyncError::Config(e.to_string()))?;
         let common = Common::from_config(&config);
         let mut sink = Sink::new(
@@ -332,7 +340,7 @@ pub async fn execute(state: &AppState, tenant: &TenantId, worker: &str, claimed:
         .track_seen(common.delete_missing);
         let pulled = match source.kind.as_str() {
             "database" => {
-                DatabaseConnector::from_config(&config)?
+                DatabaseConnector::from_config(&config, state.config.allow_private_source_hosts)?
                     .pull(&mut sink)
                     .await
             }
@@ -482,7 +490,11 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
             "Only file sources take uploads",
         ));
     }
-    let config = decrypt_config(&state.crypto, &source.config)?;
+    let config = decrypt_config(
+        &state.crypto,
+        scope_of(&principal.tenant, &source),
+        &source.config,
+    )?;
     let common = Common::from_config(&config);
     let connector = FileConnector::from_config(&config, content_type, body)
         .map_err(|e| ApiError::bad_request("INVALID_SOURCE_CONFIG", e.to_string()))?;
@@ -542,7 +554,11 @@ pub async fn push(
             "Only custom sources take pushed records",
         ));
     }
-    let config = decrypt_config(&state.crypto, &source.config)?;
+    let config = decrypt_config(
+        &state.crypto,
+        scope_of(&principal.tenant, &source),
+        &source.config,
+    )?;
     let common = Common::from_config(&config);
     let mut tx = state.db.begin(&principal.tenant).await?;
     let run =

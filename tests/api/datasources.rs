@@ -3,7 +3,7 @@
 //! change records), and the old client's requests keep working.
 
 use panels::auth::Role;
-use panels::datasources::decrypt_config;
+use panels::datasources::crypto::{SecretScope, decrypt_config};
 use serde_json::{Value, json};
 
 use crate::helpers::{Res, TestApp, token_for};
@@ -61,6 +61,14 @@ async fn changes(app: &TestApp, token: &str, panel: i64) -> Vec<Value> {
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
     res.body["changes"].as_array().expect("changes").clone()
+}
+
+/// Where the secrets of source `id` of the test tenant belong.
+fn scope(id: i64) -> SecretScope<'static> {
+    SecretScope {
+        tenant: TENANT,
+        data_source_id: id,
+    }
 }
 
 /// The stored config of a data source, read beneath the API.
@@ -322,16 +330,18 @@ async fn secrets_are_encrypted_at_rest_and_never_answered_or_recorded() {
         stored["connectionString"]["$enc"]
             .as_str()
             .expect("encrypted")
-            .starts_with("v1:"),
+            .starts_with(&format!("v2:{}:", app.state.crypto.current_key_id())),
         "{stored}"
     );
     assert_eq!(
         stored["query"], "SELECT * FROM patients",
         "non-secrets stay readable"
     );
-    let plain = decrypt_config(&app.state.crypto, &stored).expect("the server can decrypt");
+    let plain =
+        decrypt_config(&app.state.crypto, scope(db), &stored).expect("the server can decrypt");
     assert_eq!(plain["connectionString"], DB_SECRET);
-    let plain = decrypt_config(&app.state.crypto, &raw_config(&app, api).await).expect("decrypt");
+    let plain = decrypt_config(&app.state.crypto, scope(api), &raw_config(&app, api).await)
+        .expect("decrypt");
     assert_eq!(
         plain["headers"]["Authorization"],
         "Bearer sk-live-header-secret"
@@ -368,7 +378,8 @@ async fn the_mask_round_trips_on_update_and_new_secrets_replace_old_ones() {
         "an update does not sync"
     );
     assert_ne!(res.header("etag"), read.header("etag"));
-    let plain = decrypt_config(&app.state.crypto, &raw_config(&app, id).await).expect("decrypt");
+    let plain =
+        decrypt_config(&app.state.crypto, scope(id), &raw_config(&app, id).await).expect("decrypt");
     assert_eq!(plain["connectionString"], DB_SECRET);
 
     // A new secret replaces the stored one; the change record names it without showing it.
@@ -379,7 +390,8 @@ async fn the_mask_round_trips_on_update_and_new_secrets_replace_old_ones() {
         .send()
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
-    let plain = decrypt_config(&app.state.crypto, &raw_config(&app, id).await).expect("decrypt");
+    let plain =
+        decrypt_config(&app.state.crypto, scope(id), &raw_config(&app, id).await).expect("decrypt");
     assert_eq!(plain["connectionString"], "postgres://new-secret-pw@db/x");
     assert_eq!(
         plain["keyField"], "id",

@@ -299,35 +299,218 @@ async fn an_api_source_follows_pages_with_secret_headers() {
     );
 }
 
+/// The review's attack: a tenant points a `database` source at the server's own PostgreSQL
+/// (by address, by name, by socket, by a parameter or host list that bypasses the host) or an
+/// `api` source at a private or metadata address. Every form is refused when the source is
+/// stored, naming the field, and nothing ever connects.
 #[tokio::test]
-async fn private_addresses_are_refused_unless_allowed() {
-    let g = given(&[("ALLOW_PRIVATE_SOURCE_HOSTS", "false")]).await;
+async fn a_source_can_never_point_at_the_server_itself_or_a_private_network() {
+    let g = given(&[("ALLOW_PRIVATE_SOURCE_HOSTS", "")]).await;
     let (url, remote) = start_remote(5, true).await;
+    let refused = |res: &crate::helpers::Res, field: &str, what: &str| {
+        res.assert_error(400, "INVALID_SOURCE_CONFIG");
+        assert_eq!(
+            res.body["details"][0]["field"], field,
+            "{what}: {}",
+            res.text
+        );
+        assert!(
+            !res.text.contains("hunter2"),
+            "the secret is never echoed: {}",
+            res.text
+        );
+    };
+    for cs in [
+        "postgres://postgres:hunter2@127.0.0.1:5432/postgres",
+        "postgres://postgres:hunter2@localhost/postgres",
+        "postgresql://postgres:hunter2@127.0.0.1/postgres",
+        "postgres://postgres:hunter2@%2Fvar%2Frun%2Fpostgresql/postgres",
+        "postgres://postgres:hunter2@db.example.com/postgres?host=/var/run/postgresql",
+        "postgres://postgres:hunter2@db.example.com/postgres?hostaddr=127.0.0.1",
+        "postgres://postgres:hunter2@db.example.com,127.0.0.1/postgres",
+        "postgres://postgres:hunter2@[::1]/postgres",
+        "postgres://postgres:hunter2@[::ffff:127.0.0.1]/postgres",
+        "postgres://postgres:hunter2@2130706433/postgres",
+        "postgres://postgres:hunter2@0.0.0.0/postgres",
+        "postgres://postgres:hunter2@169.254.169.254/postgres",
+        "postgres://postgres:hunter2@[64:ff9b::7f00:1]/postgres",
+        "postgres://postgres:hunter2@[2002:7f00:1::]/postgres",
+        "postgres://postgres:hunter2@10.0.0.5/postgres",
+        "postgres://postgres:hunter2@100.64.0.1/postgres",
+        "postgres://postgres:hunter2@db.example.com/postgres?sslrootcert=/etc/ssl/private/server.key",
+        "postgres:///postgres",
+    ] {
+        let res = g
+            .app
+            .post(&format!("/api/panels/{}/datasources", g.panel))
+            .bearer(&g.token)
+            .json(&json!({"type": "database", "config": {"connectionString": cs, "query": "select usename as id from pg_user"}}))
+            .send()
+            .await;
+        refused(&res, "config.connectionString", cs);
+    }
     for target in [
         url.clone(),
         "http://169.254.169.254/latest/meta-data".to_owned(),
         "http://localhost:9/x".to_owned(),
+        "http://[::1]:9/x".to_owned(),
+        "http://2130706433/x".to_owned(),
+        "http://[fd00:ec2::254]/latest".to_owned(),
     ] {
-        let ds = g.source("api", api_config(&target)).await;
-        let res = g.sync(ds).await;
-        assert_eq!(res.body["syncStatus"], "error", "{target}: {}", res.text);
-        assert_eq!(
-            res.body["status"], "dead",
-            "a refused address is not retried: {}",
-            res.text
-        );
-        assert!(
-            res.body["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("refusing")),
-            "{target}: {}",
-            res.text
-        );
+        let res = g
+            .app
+            .post(&format!("/api/panels/{}/datasources", g.panel))
+            .bearer(&g.token)
+            .json(&json!({"type": "api", "config": api_config(&target)}))
+            .send()
+            .await;
+        refused(&res, "config.url", &target);
     }
+    // An update cannot move a stored source there either.
+    let ds = g
+        .source(
+            "database",
+            json!({"connectionString": "postgres://reader:pw@db.clinic.invalid/clinic", "query": "select 1 as id"}),
+        )
+        .await;
+    let res = g
+        .app
+        .put(&format!("/api/panels/{}/datasources/{ds}", g.panel))
+        .bearer(&g.token)
+        .json(&json!({"type": "database", "config": {"connectionString": "postgres://postgres@127.0.0.1/postgres", "query": "select 1 as id"}}))
+        .send()
+        .await;
+    refused(&res, "config.connectionString", "update");
     assert_eq!(
         remote.hits.load(Ordering::SeqCst),
         0,
         "no request reached the private address"
+    );
+}
+
+/// Stores a source's config beneath the API, encrypted as the server would (a name that
+/// re-resolved after it was checked, or a source stored before the check existed).
+async fn store_config(g: &Given, ds: i64, config: Value) {
+    let sealed = panels::datasources::crypto::encrypt_config(
+        &g.app.state.crypto,
+        panels::datasources::crypto::SecretScope {
+            tenant: "sync",
+            data_source_id: ds,
+        },
+        &config,
+    )
+    .expect("encrypt");
+    let pool = g.app.owner_pool().await;
+    sqlx::query("update data_source set config = $2 where id = $1")
+        .bind(ds)
+        .bind(sealed)
+        .execute(&pool)
+        .await
+        .expect("store");
+}
+
+/// The policy holds again at connect time: a source whose stored host is (now) the server's own
+/// database or a loopback API is refused when it syncs, reads nothing, and is not retried.
+#[tokio::test]
+async fn the_address_policy_is_checked_again_when_a_source_connects() {
+    let g = given(&[("ALLOW_PRIVATE_SOURCE_HOSTS", "")]).await;
+    let (url, remote) = start_remote(5, true).await;
+    let pool = g.app.owner_pool().await;
+    let db = g
+        .source(
+            "database",
+            json!({"connectionString": "postgres://reader:pw@db.clinic.invalid/clinic", "query": "select 1 as id"}),
+        )
+        .await;
+    store_config(
+        &g,
+        db,
+        json!({"connectionString": format!("{}?sslmode=disable", admin_url()).replace("127.0.0.1", "localhost"), "query": "select usename as id from pg_user", "keyField": "id"}),
+    )
+    .await;
+    let api = g
+        .source(
+            "api",
+            json!({"url": "https://api.clinic.invalid/p", "keyField": "mrn"}),
+        )
+        .await;
+    store_config(
+        &g,
+        api,
+        json!({"url": url.replace("127.0.0.1", "localhost"), "keyField": "mrn"}),
+    )
+    .await;
+    for ds in [db, api] {
+        let res = g.sync(ds).await;
+        assert_eq!(res.body["status"], "dead", "{}", res.text);
+        let run = &res.body["run"];
+        assert!(
+            run["lastError"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("refused")),
+            "{}",
+            res.text
+        );
+        assert_eq!(g.row_count(&pool, ds).await, 0, "nothing was read");
+    }
+    assert_eq!(remote.hits.load(Ordering::SeqCst), 0);
+}
+
+/// A connection that fails says "unreachable" and nothing more: a closed port, a port that
+/// accepts and says nothing, and a port that speaks another protocol answer alike, so a source
+/// cannot be used to scan ports (private addresses are allowed here to have something to scan).
+#[tokio::test]
+async fn a_failed_connection_says_only_unreachable() {
+    let g = given(&[]).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let (http_url, _) = start_remote(1, true).await;
+    let http_port = http_url
+        .split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next())
+        .expect("port");
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut messages = std::collections::BTreeSet::new();
+    for port in [
+        closed_port.to_string(),
+        silent_port.to_string(),
+        http_port.to_owned(),
+    ] {
+        let ds = g
+            .source(
+                "database",
+                json!({"connectionString": format!("postgres://u:pw@127.0.0.1:{port}/x?sslmode=disable"), "query": "select 1 as id", "timeoutMs": 1000}),
+            )
+            .await;
+        let run = g.sync(ds).await.body["run"].clone();
+        messages.insert(run["lastError"].as_str().unwrap_or_default().to_owned());
+        let ds = g
+            .source(
+                "api",
+                json!({"url": format!("http://127.0.0.1:{port}/none"), "keyField": "id", "timeoutMs": 1000}),
+            )
+            .await;
+        if port != http_port {
+            let run = g.sync(ds).await.body["run"].clone();
+            messages.insert(run["lastError"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(
+        messages.into_iter().collect::<Vec<_>>(),
+        [panels::netguard::UNREACHABLE],
+        "every failure reads the same"
     );
 }
 

@@ -1,12 +1,11 @@
 //! `api`: an HTTP(S) GET returning JSON, with secret headers, a JSON pointer to the records, and
 //! next-page following (a JSON pointer to the next URL, or a `Link: rel="next"` header).
 //!
-//! Outbound requests are a server-side request forgery risk: addresses that are loopback,
-//! private, link-local, shared, multicast or cloud metadata are refused — after DNS resolution,
-//! in the resolver itself, so a name that resolves (or re-resolves) to such an address is refused
-//! too — unless `ALLOW_PRIVATE_SOURCE_HOSTS=true`. Redirects are not followed.
+//! Outbound requests are a server-side request forgery risk: the address policy of
+//! [`crate::netguard`] applies to the URL of every page, after DNS resolution and in the resolver
+//! itself (so a name that re-resolves elsewhere between the check and the connect is refused
+//! too), unless `ALLOW_PRIVATE_SOURCE_HOSTS=true`. Redirects are not followed.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LINK};
 use serde_json::Value;
 
-use super::{Connector, Sink, SyncError, required_str};
+use super::{Connector, Sink, SyncError, database, required_str};
+use crate::netguard::{self, Blocked};
 
 /// The largest response page read (bytes).
 pub const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
@@ -81,6 +81,7 @@ impl ApiConnector {
     }
 
     fn client(&self) -> Result<reqwest::Client, SyncError> {
+        crate::tls::install_crypto_provider();
         reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.timeout.min(Duration::from_secs(10)))
@@ -93,40 +94,27 @@ impl ApiConnector {
             .map_err(|e| SyncError::Source(format!("cannot build the HTTP client: {e}")))
     }
 
-    /// Refuses a URL whose host is, or resolves to, a forbidden address — before any request,
-    /// so the answer is a clear configuration error. (IP literals never reach the resolver; the
+    /// Refuses a URL whose host is, or resolves to, a forbidden address before any request, so
+    /// the answer is a clear configuration error. (IP literals never reach the resolver; the
     /// resolver checks again at connect time, against a name re-resolving elsewhere.)
     async fn check_host(&self, url: &reqwest::Url) -> Result<(), SyncError> {
-        if self.allow_private {
-            return Ok(());
-        }
-        let refuse = |ip: IpAddr| {
-            SyncError::Config(format!(
-                "refusing to fetch {ip}: private, loopback or metadata address"
-            ))
-        };
-        match url.host() {
-            Some(url::Host::Ipv4(ip)) if is_forbidden(IpAddr::V4(ip)) => {
-                Err(refuse(IpAddr::V4(ip)))
-            }
-            Some(url::Host::Ipv6(ip)) if is_forbidden(IpAddr::V6(ip)) => {
-                Err(refuse(IpAddr::V6(ip)))
-            }
-            Some(url::Host::Domain(name)) => {
-                let port = url.port_or_known_default().unwrap_or(80);
-                let addrs = tokio::net::lookup_host((name, port))
-                    .await
-                    .map_err(|_| SyncError::Source(format!("cannot resolve {name}")))?;
-                for addr in addrs {
-                    if is_forbidden(addr.ip()) {
-                        return Err(refuse(addr.ip()));
-                    }
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
+        check_url(url, self.allow_private)
+            .await
+            .map_err(database::blocked)
     }
+}
+
+/// The address policy for an `api` URL: its host (an IP literal, or every address its name
+/// resolves to) must not be forbidden.
+pub async fn check_url(url: &reqwest::Url, allow_private: bool) -> Result<(), Blocked> {
+    let port = url.port_or_known_default().unwrap_or(80);
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => netguard::resolve(&ip.to_string(), port, allow_private).await,
+        Some(url::Host::Ipv6(ip)) => netguard::resolve(&ip.to_string(), port, allow_private).await,
+        Some(url::Host::Domain(name)) => netguard::resolve(name, port, allow_private).await,
+        None => Err(Blocked::Unresolvable),
+    }
+    .map(|_| ())
 }
 
 impl Connector for ApiConnector {
@@ -208,24 +196,24 @@ impl Connector for ApiConnector {
     }
 }
 
-/// Error text without the URL (which may carry a token in its query).
+/// A request that got no HTTP answer is "refused" (the policy, in the resolver) or
+/// "unreachable" (anything else: refused, reset, timed out before an answer): nothing that would
+/// tell a tenant what listens where, and never the URL (which may carry a token).
 fn describe(e: reqwest::Error) -> SyncError {
-    let what = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    let detail = std::error::Error::source(&e)
-        .map(|s| s.to_string())
-        .unwrap_or_default();
-    if detail.contains("refusing") {
-        SyncError::Config(detail)
-    } else {
-        SyncError::Source(format!("the source: {what}"))
+    let mut cause: Option<&dyn std::error::Error> = Some(&e);
+    while let Some(err) = cause {
+        if err.to_string().contains(REFUSED_BY_POLICY) {
+            return SyncError::Config(netguard::REFUSED.to_owned());
+        }
+        cause = err.source();
     }
+    // A timeout is not told apart either: "accepted, then silent" against "refused" is exactly
+    // how a port scan tells an open port from a closed one.
+    SyncError::Source(netguard::UNREACHABLE.to_owned())
 }
+
+/// The resolver's error text for a forbidden address, recognised again in [`describe`].
+const REFUSED_BY_POLICY: &str = "panels: address refused by policy";
 
 /// The `rel="next"` target of one `Link` header value.
 fn next_link(header: &str) -> Option<String> {
@@ -254,80 +242,18 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         let allow_private = self.allow_private;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::task::spawn_blocking(move || {
-                (host.as_str(), 0).to_socket_addrs().map(Iterator::collect)
-            })
-            .await
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)??;
-            if !allow_private && let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
-                let message = format!(
-                    "refusing to fetch {}: private, loopback or metadata address",
-                    bad.ip()
-                );
-                return Err(message.into());
+            match netguard::resolve(&host, 0, allow_private).await {
+                Ok(addrs) => Ok(Box::new(addrs.into_iter()) as Addrs),
+                Err(Blocked::Refused) => Err(REFUSED_BY_POLICY.into()),
+                Err(Blocked::Unresolvable) => Err("cannot resolve the host".into()),
             }
-            Ok(Box::new(addrs.into_iter()) as Addrs)
         })
-    }
-}
-
-/// Addresses a source may never point at (unless explicitly allowed).
-pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
-                || (a == 198 && (b == 18 || b == 19)) // benchmarking
-                || a >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link local
-                || first == 0xfd00 // metadata services on fd00:ec2::254
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn private_and_metadata_addresses_are_forbidden() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "100.64.0.1",
-            "::1",
-            "fe80::1",
-            "fd00:ec2::254",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_forbidden(ip.parse().expect("ip")), "{ip}");
-        }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"] {
-            assert!(!is_forbidden(ip.parse().expect("ip")), "{ip}");
-        }
-    }
 
     #[test]
     fn link_headers_name_the_next_page() {
