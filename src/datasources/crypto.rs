@@ -433,10 +433,13 @@ pub struct UrlSecret {
 
 const USERINFO_PASSWORD: &str = "@password";
 
+/// A credential of a URL a client sent: its name and its value, `None` when sent as the mask.
+pub type SentCredential = (String, Option<String>);
+
 /// Splits a URL into its masked form and its credentials, in order of appearance. A credential
 /// sent as [`MASK`] comes back with the value `None`: the caller keeps the stored one. The query
 /// is rewritten segment by segment, so everything but the masked values stays byte for byte.
-pub fn split_url(raw: &str) -> Option<(String, Vec<(String, Option<String>)>)> {
+pub fn split_url(raw: &str) -> Option<(String, Vec<SentCredential>)> {
     let mut url = url::Url::parse(raw).ok()?;
     let mut secrets = Vec::new();
     if let Some(password) = url.password().map(str::to_owned) {
