@@ -82,10 +82,40 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .application_name("panels")
         .log_statements(tracing::log::LevelFilter::Debug)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500));
-    pool_options(config, switch_role)
+    let pool = pool_options(config, switch_role)
         .connect_with(options)
         .await
-        .context("cannot connect to PostgreSQL")
+        .context("cannot connect to PostgreSQL")?;
+    check_request_role(&pool).await?;
+    Ok(pool)
+}
+
+/// Refuses to serve requests as a role that row-level security does not bind: a superuser, a
+/// role with BYPASSRLS, or a member of the tables' owner (which could `SET ROLE` to it).
+pub async fn check_request_role(pool: &PgPool) -> anyhow::Result<()> {
+    let (role, superuser, bypass, owner): (String, bool, bool, bool) = sqlx::query_as(
+        "select current_user::text, r.rolsuper, r.rolbypassrls,
+                coalesce(pg_has_role(current_user, t.tableowner, 'MEMBER'), false)
+           from pg_roles r
+           left join pg_tables t on t.schemaname = 'public' and t.tablename = 'panel'
+          where r.rolname = current_user",
+    )
+    .fetch_one(pool)
+    .await
+    .context("cannot read the request role")?;
+    if superuser || bypass || owner {
+        anyhow::bail!(
+            "requests would run as {role:?}, which {}: row-level security would not bind them; set DATABASE_APP_URL to a login role that is a member of panels_app only",
+            if superuser {
+                "is a superuser"
+            } else if bypass {
+                "has BYPASSRLS"
+            } else {
+                "can become the owner of the tables"
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Pool settings shared by the server and the tests.

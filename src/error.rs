@@ -79,7 +79,7 @@ pub enum ApiError {
     #[error("{message}")]
     Unauthorized { code: &'static str, message: String },
     #[error("{message}")]
-    Forbidden { message: String },
+    Forbidden { code: &'static str, message: String },
     #[error("{message}")]
     NotFound {
         code: Cow<'static, str>,
@@ -141,7 +141,13 @@ impl ApiError {
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::forbidden_coded("FORBIDDEN", message)
+    }
+
+    /// A 403 with a code of its own (`REGISTRATION_CLOSED`, `API_KEY_READ_ONLY`, …).
+    pub fn forbidden_coded(code: &'static str, message: impl Into<String>) -> Self {
         Self::Forbidden {
+            code,
             message: message.into(),
         }
     }
@@ -194,8 +200,9 @@ impl ApiError {
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
             | Self::Unprocessable { code, .. } => code,
-            Self::Unauthorized { code, .. } | Self::Unavailable { code, .. } => code,
-            Self::Forbidden { .. } => "FORBIDDEN",
+            Self::Unauthorized { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::Forbidden { code, .. } => code,
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::PreconditionFailed { .. } => "PRECONDITION_FAILED",
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",

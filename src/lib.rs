@@ -63,13 +63,15 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let auth = auth::AuthKeys::from_config(&config)?;
     let crypto = datasources::crypto::Crypto::from_config(&config)?;
     let db = db::Db::new(pool, metrics.db_waiting.clone());
+    let auth = Arc::new(auth);
+    auth::revocations::spawn(db.clone(), auth.clone());
     Ok(AppState::new(state::Shared {
         wakeup: jobs::Wakeup::default(),
         creates: panels::batch::CreateBatcher::new(db.clone()),
         db,
         limits: ratelimit::RateLimiter::new(&config, cache.clone()),
         cache,
-        auth: Arc::new(auth),
+        auth,
         crypto: Arc::new(crypto),
         metrics,
         config: Arc::new(config),
@@ -162,6 +164,46 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
         let _ = handle.await;
     }
     Ok(())
+}
+
+/// `panels create-admin`: an admin account for `tenant` (created when new), without registration.
+pub async fn create_admin(
+    config: Config,
+    tenant: &str,
+    email: &str,
+    password: String,
+) -> anyhow::Result<i64> {
+    let tenant = auth::TenantId::parse(tenant)
+        .ok_or_else(|| anyhow::anyhow!("--tenant must be letters, digits, '.', '_', '~' or '-'"))?;
+    let state = build_state(config).await?;
+    auth::service::create_admin(&state, &tenant, email, password)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `panels rotate-secrets`: every data source's secrets re-encrypted with the current
+/// `ENCRYPTION_KEY` (those under an old key of `ENCRYPTION_KEYS`, or in an older format). Answers
+/// (sources checked, sources rewritten).
+pub async fn rotate_secrets(config: Config) -> anyhow::Result<(usize, usize)> {
+    let owner_url = config.database_url().to_owned();
+    let state = build_state(config).await?;
+    // The sources of every tenant, listed as the worker role (the only one that may see them all).
+    let mut owner = <sqlx::PgConnection as sqlx::Connection>::connect(&owner_url).await?;
+    sqlx::Executor::execute(&mut owner, "set role panels_worker").await?;
+    let sources: Vec<(String, i64)> =
+        sqlx::query_as("select tenant_id, id from data_source order by tenant_id, id")
+            .fetch_all(&mut owner)
+            .await?;
+    drop(owner);
+    let mut rewritten = 0;
+    for (tenant, id) in &sources {
+        let tenant = auth::TenantId::parse(tenant)
+            .ok_or_else(|| anyhow::anyhow!("data source {id} has an invalid tenant"))?;
+        if datasources::service::reseal(&state, &tenant, *id).await? {
+            rewritten += 1;
+        }
+    }
+    Ok((sources.len(), rewritten))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,5 +1,11 @@
-//! Request rate limits: per tenant (so one noisy tenant cannot starve the others) and for the
-//! login and token endpoints per account and per client address. 0 turns a limit off.
+//! Request rate limits: per tenant (so one noisy tenant cannot starve the others), for the
+//! login and token endpoints per account and per client address, for registrations per client
+//! address, and for failed authentication attempts (unknown API keys, bad tokens) per client
+//! address. 0 turns a limit off.
+//!
+//! Every map keyed by something a client chooses (an address, an account) is bounded: the keyed
+//! limiters forget keys that are back at full capacity whenever they grow past
+//! [`PRUNE_ABOVE`] keys, and the failure counter forgets ended windows the same way.
 //!
 //! Each check counts in two places: this instance's in-process limiter (governor), and the
 //! counters every instance shares in Redis (GCRA, one script call). A request passes when both
@@ -26,6 +32,9 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::ApiError;
 
+/// Keys a keyed map may hold before it forgets the ones it no longer needs.
+pub const PRUNE_ABOVE: usize = 10_000;
+
 /// The most shared admissions one script call takes for this instance.
 pub const MAX_LEASE: u32 = 64;
 /// How long admissions taken from Redis may wait here for a request.
@@ -43,6 +52,8 @@ struct Limit {
     lease: u32,
     /// Admissions Redis granted to this instance and not yet used, by key.
     leases: Mutex<HashMap<String, Lease>>,
+    /// Checks since the keyed limiter was last pruned.
+    checks: std::sync::atomic::AtomicU32,
 }
 
 struct Lease {
@@ -67,6 +78,17 @@ impl Limit {
             local: DefaultKeyedRateLimiter::keyed(quota),
             lease: ((per_second / 50.0) as u32).clamp(1, MAX_LEASE.min(burst.max(1))),
             leases: Mutex::new(HashMap::new()),
+            checks: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Forgets keys at full capacity once the limiter holds more than [`PRUNE_ABOVE`] (looked at
+    /// every 1,024 checks, so a flood of new keys cannot grow it without bound).
+    fn prune(&self) {
+        use std::sync::atomic::Ordering;
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 0 && self.local.len() > PRUNE_ABOVE {
+            self.local.retain_recent();
+            self.local.shrink_to_fit();
         }
     }
 
@@ -110,10 +132,72 @@ impl Limit {
     }
 }
 
+/// Failed authentication attempts per client address in fixed one-minute windows, counted in this
+/// instance (what it protects, the database pool behind API-key look-ups, is the instance's own).
+pub struct FailureCounter {
+    limit: u32,
+    window: Duration,
+    counts: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl FailureCounter {
+    pub fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// 429 when `key` has used up its failures in the current window.
+    pub fn check(&self, key: &str) -> Result<(), ApiError> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        match counts.get(key) {
+            Some((start, n)) if *n >= self.limit && start.elapsed() < self.window => {
+                let left = self.window.saturating_sub(start.elapsed());
+                Err(ApiError::TooManyRequests {
+                    retry_after_secs: left.as_secs_f64().ceil().max(1.0) as u64,
+                    limit: u64::from(self.limit),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one failure of `key`.
+    pub fn record(&self, key: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if counts.len() >= PRUNE_ABOVE && !counts.contains_key(key) {
+            let window = self.window;
+            counts.retain(|_, (start, _)| now.duration_since(*start) < window);
+            if counts.len() >= 10 * PRUNE_ABOVE {
+                // Still flooded with live windows: the oldest half goes.
+                let mut starts: Vec<Instant> = counts.values().map(|(s, _)| *s).collect();
+                starts.sort();
+                let cut = starts[starts.len() / 2];
+                counts.retain(|_, (start, _)| *start > cut);
+            }
+        }
+        let entry = counts.entry(key.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= self.window {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.counts.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
 #[derive(Clone)]
 pub struct RateLimiter {
     tenant: Option<Arc<Limit>>,
     login: Option<Arc<Limit>>,
+    register: Option<Arc<Limit>>,
+    auth_failures: Option<Arc<FailureCounter>>,
     shared: Cache,
 }
 
@@ -140,10 +224,47 @@ impl RateLimiter {
                 Quota::per_minute(n),
             ))
         });
+        let register = NonZeroU32::new(config.rate_limit_register_per_minute).map(|n| {
+            Arc::new(Limit::new(
+                "register",
+                Duration::from_secs(60) / n.get(),
+                n.get(),
+                u64::from(n.get()),
+                Quota::per_minute(n),
+            ))
+        });
+        let auth_failures = (config.rate_limit_auth_failures_per_minute > 0).then(|| {
+            Arc::new(FailureCounter::new(
+                config.rate_limit_auth_failures_per_minute,
+                Duration::from_secs(60),
+            ))
+        });
         Self {
             tenant,
             login,
+            register,
+            auth_failures,
             shared,
+        }
+    }
+
+    /// Counts one registration from a client address; 429 when over the limit.
+    pub async fn check_register(&self, client: &str) -> Result<(), ApiError> {
+        self.check(self.register.as_deref(), client).await
+    }
+
+    /// 429 when the client address has failed to authenticate too often lately.
+    pub fn check_auth_failures(&self, client: &str) -> Result<(), ApiError> {
+        match &self.auth_failures {
+            Some(counter) => counter.check(client),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication attempt of a client address.
+    pub fn record_auth_failure(&self, client: &str) {
+        if let Some(counter) = &self.auth_failures {
+            counter.record(client);
         }
     }
 
@@ -161,6 +282,7 @@ impl RateLimiter {
         let Some(limit) = limit else {
             return Ok(());
         };
+        limit.prune();
         // This instance's own count first: it holds while Redis is away, is never reset when
         // Redis comes and goes, and spares Redis the requests already over the limit here.
         let wait = match limit.local.check_key(&key.to_owned()) {
@@ -229,6 +351,38 @@ mod tests {
         assert!(l.take_leased("a"));
         assert!(l.take_leased("a"));
         assert!(!l.take_leased("a"));
+    }
+
+    #[test]
+    fn failures_block_their_address_for_the_rest_of_the_window_and_the_map_stays_bounded() {
+        let counter = FailureCounter::new(3, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert!(counter.check("1.2.3.4").is_ok());
+            counter.record("1.2.3.4");
+        }
+        assert!(counter.check("1.2.3.4").is_err());
+        assert!(counter.check("5.6.7.8").is_ok(), "per address");
+        let short = FailureCounter::new(1, Duration::from_millis(1));
+        for i in 0..(3 * PRUNE_ABOVE) {
+            short.record(&format!("10.0.{}.{}", i / 256, i % 256));
+            if i % 2048 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        assert!(short.len() <= PRUNE_ABOVE + 2048, "{} keys kept", short.len());
+    }
+
+    #[test]
+    fn a_keyed_limiter_forgets_idle_keys_when_it_grows() {
+        let l = limit(1000, 1000);
+        for i in 0..(PRUNE_ABOVE * 2) {
+            let _ = l.local.check_key(&format!("k{i}"));
+        }
+        std::thread::sleep(Duration::from_millis(1100));
+        for _ in 0..1025 {
+            l.prune();
+        }
+        assert!(l.local.len() < PRUNE_ABOVE, "{} keys kept", l.local.len());
     }
 
     #[test]

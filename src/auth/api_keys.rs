@@ -22,26 +22,64 @@ fn revoked() -> ApiError {
     }
 }
 
-/// Resolves an API key to the principal it acts as: its creator's tenant, with the scope of the key.
-pub async fn authenticate(state: &AppState, key: &str) -> Result<Principal> {
-    if !key.starts_with(PREFIX) || key.len() > 128 {
-        return Err(revoked());
+/// Keys looked up and found unusable (unknown, revoked, expired, creator gone), remembered
+/// briefly so that repeating one costs no database look-up.
+pub struct Refused(moka::sync::Cache<[u8; 32], ()>);
+
+impl Default for Refused {
+    fn default() -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
+        )
     }
-    let digest = Sha256::digest(key.as_bytes());
-    let mut conn = state.db.pool().acquire().await?;
-    let row = repo::find_api_key(&mut conn, &digest)
-        .await?
-        .ok_or_else(revoked)?;
+}
+
+/// Resolves an API key to the principal it acts as: its creator's tenant and e-mail, with the
+/// scope of the key and the role of its creator as it is now (at most builder). A key stops
+/// working when it is revoked or expires, and when its creator is removed or no longer holds
+/// the builder role (a key never does more than its creator could). Failed attempts count per
+/// client address and, past the limit, are refused before any look-up; a refused key is
+/// remembered for a minute, so neither random nor repeated keys can drain the pool.
+pub async fn authenticate(state: &AppState, key: &str, client: &str) -> Result<Principal> {
+    let refuse = |refused: Option<[u8; 32]>| {
+        state.limits.record_auth_failure(client);
+        if let Some(digest) = refused {
+            state.auth.refused_keys.0.insert(digest, ());
+        }
+        revoked()
+    };
+    state.limits.check_auth_failures(client)?;
+    if !key.starts_with(PREFIX) || key.len() > 128 {
+        return Err(refuse(None));
+    }
+    let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+    if state.auth.refused_keys.0.contains_key(&digest) {
+        return Err(refuse(None));
+    }
+    let mut conn = state.db.acquire().await?;
+    let row = repo::find_api_key(&mut conn, &digest).await?;
     drop(conn);
+    let Some(row) = row else {
+        return Err(refuse(Some(digest)));
+    };
     // The digest matched in the index; compare again in constant time so no timing difference
     // depends on how much of a guessed key was right.
     let stored = Sha256::digest(key.as_bytes());
     if !bool::from(stored[..].ct_eq(&digest[..])) {
-        return Err(revoked());
+        return Err(refuse(None));
     }
     if row.revoked_at.is_some() || row.expires_at.is_some_and(|at| at < Utc::now()) {
-        return Err(revoked());
+        return Err(refuse(Some(digest)));
     }
+    let creator_role = row.creator_role.as_deref().and_then(Role::parse);
+    let role = match creator_role {
+        Some(role) if role >= Role::Builder => Role::Builder,
+        // The creator is gone, or can no longer do what the key does.
+        _ => return Err(refuse(Some(digest))),
+    };
     let tenant = TenantId::parse(&row.tenant_id).ok_or_else(revoked)?;
     // One write a minute at most: `lastUsedAt` is for people, not an audit log.
     if row
@@ -57,8 +95,7 @@ pub async fn authenticate(state: &AppState, key: &str) -> Result<Principal> {
         user_id: format!("api-key:{}", row.id),
         email: row.created_by_email,
         tenant,
-        // A key acts with builder rights at most: it can push records and read, never administer.
-        role: Role::Builder,
+        role,
         credential: Credential::ApiKey { id: row.id, write },
     })
 }
@@ -95,6 +132,12 @@ pub async fn create(
         ApiKeyScope::Write => "write",
     };
     let mut tx = state.db.begin(&principal.tenant).await?;
+    // A local user's key follows the account in `users`; an identity provider's member's, the
+    // role last seen in their tokens.
+    let local = match principal.user_id.parse::<i64>() {
+        Ok(id) => repo::find_user(&mut tx, &principal.tenant, id).await?.is_some(),
+        Err(_) => false,
+    };
     let row = repo::insert_api_key(
         &mut tx,
         &principal.tenant,
@@ -105,6 +148,7 @@ pub async fn create(
         req.expires_at,
         &principal.user_id,
         &principal.email,
+        if local { "user" } else { "external" },
     )
     .await?;
     tx.commit().await?;

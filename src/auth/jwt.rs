@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use super::model::{Credential, Principal, Role, TenantId};
 use crate::config::Config;
@@ -44,6 +45,9 @@ struct IncomingClaims {
     organization: Option<ProviderOrganization>,
     #[serde(rename = "https://stytch.com/session")]
     session: Option<ProviderSession>,
+    /// An identity provider's statement that `email` belongs to the member; `false` means the
+    /// address is unproven, so it grants nothing an ACL entry names.
+    email_verified: Option<bool>,
     /// Checked by the validation; read again to bound how long a verified token is remembered.
     exp: Option<f64>,
     nbf: Option<f64>,
@@ -77,8 +81,17 @@ pub struct AuthKeys {
     validation: Validations,
     /// Tokens verified recently, by their exact text (see [`Verified`]).
     verified: moka::sync::Cache<String, Verified>,
+    /// Access tokens revoked before their expiry (logout), by SHA-256 of the token, with their
+    /// expiry in seconds since the epoch; filled here and from every instance's revocations
+    /// ([`crate::auth::revocations`]).
+    revoked: std::sync::Mutex<HashMap<[u8; 32], u64>>,
+    /// Principals this instance noted lately ([`crate::auth::identity`]).
+    pub noted: super::identity::Noted,
+    /// API keys found unusable lately ([`crate::auth::api_keys::authenticate`]).
+    pub refused_keys: super::api_keys::Refused,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
+    pub refresh_max_age: Duration,
 }
 
 /// Most verified tokens remembered, and for how long at most (a token is refused again as soon as
@@ -98,10 +111,22 @@ struct Verified {
     /// `nbf - leeway` and `exp + leeway`, in seconds since the epoch.
     from: u64,
     until: u64,
+    /// SHA-256 of the token, the key of the denylist: a revocation forgets the entry at once.
+    digest: [u8; 32],
 }
 
 impl Verified {
+    #[cfg(test)]
     fn new(principal: Principal, claims_nbf: Option<f64>, claims_exp: Option<f64>) -> Self {
+        Self::with_digest(principal, claims_nbf, claims_exp, [0; 32])
+    }
+
+    fn with_digest(
+        principal: Principal,
+        claims_nbf: Option<f64>,
+        claims_exp: Option<f64>,
+        digest: [u8; 32],
+    ) -> Self {
         let secs = |v: f64| {
             if v.is_finite() && v > 0.0 {
                 v as u64
@@ -113,6 +138,7 @@ impl Verified {
             principal,
             from: claims_nbf.map(secs).unwrap_or(0).saturating_sub(LEEWAY),
             until: claims_exp.map(secs).unwrap_or(0).saturating_add(LEEWAY),
+            digest,
         }
     }
 
@@ -196,8 +222,12 @@ impl AuthKeys {
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_live(VERIFIED_TTL)
                 .build(),
+            revoked: std::sync::Mutex::new(HashMap::new()),
+            noted: super::identity::Noted::default(),
+            refused_keys: super::api_keys::Refused::default(),
             access_ttl: config.jwt_access_ttl,
             refresh_ttl: config.jwt_refresh_ttl,
+            refresh_max_age: config.jwt_refresh_max_age,
         })
     }
 
@@ -228,15 +258,62 @@ impl AuthKeys {
     /// Verifies a bearer token and turns it into the request's principal. A token verified before
     /// answers from memory while it is inside its validity window.
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
-        if let Some(verified) = self.verified.get(token) {
-            if verified.valid_at(now_secs()) {
-                return Ok(verified.principal);
-            }
-            self.verified.invalidate(token);
+        if let Some(principal) = self.remembered(token) {
+            return Ok(principal);
         }
         let (principal, verified) = self.verify_fully(token)?;
         self.verified.insert(token.to_owned(), verified);
         Ok(principal)
+    }
+
+    /// The principal of a token verified recently and still inside its window (no cryptography,
+    /// no revocation look-up: a revoked token is forgotten here when it is revoked).
+    pub fn remembered(&self, token: &str) -> Option<Principal> {
+        let verified = self.verified.get(token)?;
+        if verified.valid_at(now_secs()) {
+            return Some(verified.principal);
+        }
+        self.verified.invalidate(token);
+        None
+    }
+
+    /// Verifies `token` and answers what revoking it needs: its tenant, its digest and its expiry.
+    pub fn revocable(&self, token: &str) -> Option<(TenantId, [u8; 32], u64)> {
+        self.verify(token).ok()?;
+        let verified = self.verified.get(token)?;
+        Some((
+            verified.principal.tenant.clone(),
+            verified.digest,
+            verified.until.saturating_sub(LEEWAY),
+        ))
+    }
+
+    /// Refuses the token with this digest until `exp` (seconds since the epoch), here at once.
+    pub fn revoke(&self, digest: [u8; 32], exp: u64) {
+        {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = now_secs();
+            if revoked.len() > 10_000 {
+                revoked.retain(|_, until| *until + LEEWAY >= now);
+            }
+            revoked.insert(digest, exp);
+        }
+        let remembered: Vec<String> = self
+            .verified
+            .iter()
+            .filter(|(_, v)| v.digest == digest)
+            .map(|(k, _)| (*k).clone())
+            .collect();
+        for token in remembered {
+            self.verified.invalidate(&token);
+        }
+    }
+
+    fn is_revoked(&self, digest: &[u8; 32]) -> bool {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(digest)
     }
 
     fn verify_fully(&self, token: &str) -> Result<(Principal, Verified), TokenError> {
@@ -275,8 +352,12 @@ impl AuthKeys {
                 })
             })?;
         let (nbf, exp) = (data.claims.nbf, data.claims.exp);
+        let digest: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if self.is_revoked(&digest) {
+            return Err(TokenError("Token revoked"));
+        }
         let principal = principal_from_claims(data.claims)?;
-        let verified = Verified::new(principal.clone(), nbf, exp);
+        let verified = Verified::with_digest(principal.clone(), nbf, exp, digest);
         Ok((principal, verified))
     }
 }
@@ -301,9 +382,13 @@ fn principal_from_claims(claims: IncomingClaims) -> Result<Principal, TokenError
                 .flat_map(|s| s.roles.iter().map(String::as_str)),
         ),
     };
+    let email = match claims.email_verified {
+        Some(false) => String::new(),
+        _ => claims.email.unwrap_or_default().to_lowercase(),
+    };
     Ok(Principal {
         user_id,
-        email: claims.email.unwrap_or_default().to_lowercase(),
+        email,
         tenant,
         role,
         credential: Credential::Jwt,

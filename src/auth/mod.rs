@@ -4,11 +4,13 @@
 pub mod acl;
 pub mod api_keys;
 pub mod dto;
+pub mod identity;
 pub mod jwt;
 pub mod model;
 pub mod password;
 mod principal;
 pub mod repo;
+pub mod revocations;
 pub mod routes;
 pub mod service;
 pub mod tokens;

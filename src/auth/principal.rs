@@ -1,13 +1,14 @@
 //! The `Principal` extractor: the verified token or API key of a request, and nothing else,
 //! decides its tenant, user and role.
 
-use axum::extract::FromRequestParts;
-use axum::http::header;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
+use axum::http::{Method, header};
 
 use super::api_keys;
 use super::model::Principal;
 use crate::error::ApiError;
+use crate::extract::client_address;
 use crate::state::AppState;
 
 impl FromRequestParts<AppState> for Principal {
@@ -18,6 +19,7 @@ impl FromRequestParts<AppState> for Principal {
             return Ok(principal.clone());
         }
         let principal = authenticate(parts, state).await?;
+        check_scope(parts, &principal)?;
         record_principal(&tracing::Span::current(), &principal);
         state.limits.check_tenant(principal.tenant.as_str()).await?;
         parts.extensions.insert(principal.clone());
@@ -47,7 +49,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         let key = value
             .to_str()
             .map_err(|_| ApiError::unauthorized("Invalid API key"))?;
-        return api_keys::authenticate(state, key.trim()).await;
+        let client = client_address(parts, &state.config.trusted_proxies);
+        return api_keys::authenticate(state, key.trim(), &client).await;
     }
     let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized("No authorization token provided"));
@@ -67,10 +70,42 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         return Err(ApiError::unauthorized("No authorization token provided"));
     }
     if token.starts_with(api_keys::PREFIX) {
-        return api_keys::authenticate(state, token).await;
+        let client = client_address(parts, &state.config.trusted_proxies);
+        return api_keys::authenticate(state, token, &client).await;
     }
-    state
-        .auth
-        .verify(token)
-        .map_err(|e| ApiError::unauthorized(e.0))
+    // The hot path: a token verified lately answers from memory, with nothing else to do.
+    if let Some(principal) = state.auth.remembered(token) {
+        return Ok(principal);
+    }
+    let client = client_address(parts, &state.config.trusted_proxies);
+    state.limits.check_auth_failures(&client)?;
+    let principal = state.auth.verify(token).map_err(|e| {
+        state.limits.record_auth_failure(&client);
+        ApiError::unauthorized(e.0)
+    })?;
+    super::identity::note(state, &principal).await?;
+    Ok(principal)
 }
+
+/// A read-only API key may only read: every method but GET, HEAD and OPTIONS is a write, except
+/// the few POSTs that only compute an answer. One rule for every route, checked here once, so a
+/// route added later is covered without doing anything.
+pub fn check_scope(parts: &Parts, principal: &Principal) -> Result<(), ApiError> {
+    if principal.can_write() || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|p| p.as_str())
+        .unwrap_or_default();
+    let route = route.strip_prefix("/api").unwrap_or(route);
+    if parts.method == Method::POST && READ_ONLY_POSTS.contains(&route) {
+        return Ok(());
+    }
+    // The generic code, as before this check was central: the web client reads it.
+    Err(ApiError::forbidden("This API key is read-only"))
+}
+
+/// POST routes that change nothing (a dry run, a query): open to read-only keys.
+const READ_ONLY_POSTS: &[&str] = &["/panels/{id}/formulas/check"];

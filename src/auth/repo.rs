@@ -37,6 +37,7 @@ pub struct RefreshRow {
     pub revoked_at: Option<DateTime<Utc>>,
     pub email: String,
     pub role: String,
+    pub family_started_at: DateTime<Utc>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -59,6 +60,8 @@ pub struct ApiKeyLookupRow {
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_by: String,
     pub created_by_email: String,
+    /// The creator's role now (`None`: the creator no longer exists, or was never seen).
+    pub creator_role: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -90,6 +93,88 @@ pub async fn insert_tenant(
         .execute(conn)
         .await
         .map(|_| ())
+}
+
+/// Whether the tenant holds anything at all (a registration must not take it over). Runs in a
+/// transaction bound to `tenant`, so row-level security shows exactly that tenant's rows.
+pub async fn tenant_has_data(conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from tenants where id = $1)
+             or exists (select 1 from users where tenant_id = $1)
+             or exists (select 1 from invitations where tenant_id = $1)
+             or exists (select 1 from api_keys where tenant_id = $1)
+             or exists (select 1 from principal_seen where tenant_id = $1)
+             or exists (select 1 from panel where tenant_id = $1)
+             or exists (select 1 from access_control_lists where tenant_id = $1)",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(conn)
+    .await
+}
+
+/// Records a principal of a verified token: its tenant is known from now on (registration cannot
+/// take it), and its role as last seen (API keys it created follow it).
+pub async fn note_principal(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    subject: &str,
+    email: &str,
+    role: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "with known as (
+             insert into tenants (id, name, origin) values ($1, $1, 'token') on conflict (id) do nothing
+         )
+         insert into principal_seen (tenant_id, subject, email, role) values ($1, $2, $3, $4)
+         on conflict (tenant_id, subject) do update
+            set email = excluded.email, role = excluded.role, last_seen_at = now()",
+    )
+    .bind(tenant.as_str())
+    .bind(subject)
+    .bind(email)
+    .bind(role)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The tenant row of `panels create-admin` (kept when the tenant is known already).
+pub async fn ensure_tenant(conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<()> {
+    sqlx::query("insert into tenants (id, name, origin) values ($1, $1, 'admin') on conflict (id) do nothing")
+        .bind(tenant.as_str())
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Remembers an access token as revoked until it expires.
+pub async fn revoke_access_token(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    digest: &[u8],
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into revoked_token (tenant_id, token_digest, expires_at) values ($1, $2, $3)
+         on conflict (tenant_id, token_digest) do nothing",
+    )
+    .bind(tenant.as_str())
+    .bind(digest)
+    .bind(expires_at)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Access tokens of every tenant revoked since `since` (and not expired yet).
+pub async fn revoked_tokens_since(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Vec<(Vec<u8>, DateTime<Utc>, DateTime<Utc>)>> {
+    sqlx::query_as("select token_digest, expires_at, revoked_at from auth_revoked_tokens_since($1)")
+        .bind(since)
+        .fetch_all(conn)
+        .await
 }
 
 pub async fn insert_user(
@@ -142,6 +227,7 @@ pub async fn update_password_hash(
     .map(|_| ())
 }
 
+#[allow(clippy::too_many_arguments)] // one column each; a struct would only rename them
 pub async fn insert_refresh_token(
     conn: &mut PgConnection,
     tenant: &TenantId,
@@ -149,15 +235,18 @@ pub async fn insert_refresh_token(
     family: Uuid,
     hash: &[u8],
     expires_at: DateTime<Utc>,
+    family_started_at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     sqlx::query(
-        "insert into refresh_tokens (tenant_id, user_id, family_id, token_hash, expires_at) values ($1, $2, $3, $4, $5)",
+        "insert into refresh_tokens (tenant_id, user_id, family_id, token_hash, expires_at, family_started_at)
+         values ($1, $2, $3, $4, $5, $6)",
     )
     .bind(tenant.as_str())
     .bind(user_id)
     .bind(family)
     .bind(hash)
     .bind(expires_at)
+    .bind(family_started_at)
     .execute(conn)
     .await
     .map(|_| ())
@@ -168,7 +257,8 @@ pub async fn find_refresh_token(
     hash: &[u8],
 ) -> sqlx::Result<Option<RefreshRow>> {
     sqlx::query_as(
-        "select id, tenant_id, user_id, family_id, expires_at, rotated_at, revoked_at, email, role
+        "select id, tenant_id, user_id, family_id, expires_at, rotated_at, revoked_at, email, role,
+                family_started_at
          from auth_find_refresh_token($1)",
     )
     .bind(hash)
@@ -263,7 +353,8 @@ pub async fn find_api_key(
     digest: &[u8],
 ) -> sqlx::Result<Option<ApiKeyLookupRow>> {
     sqlx::query_as(
-        "select id, tenant_id, scope, expires_at, revoked_at, last_used_at, created_by, created_by_email
+        "select id, tenant_id, scope, expires_at, revoked_at, last_used_at, created_by, created_by_email,
+                creator_role
          from auth_find_api_key($1)",
     )
     .bind(digest)
@@ -295,10 +386,11 @@ pub async fn insert_api_key(
     expires_at: Option<DateTime<Utc>>,
     created_by: &str,
     created_by_email: &str,
+    creator_kind: &str,
 ) -> sqlx::Result<ApiKeyRow> {
     sqlx::query_as(
-        "insert into api_keys (tenant_id, name, prefix, key_digest, scope, expires_at, created_by, created_by_email)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)
+        "insert into api_keys (tenant_id, name, prefix, key_digest, scope, expires_at, created_by, created_by_email, creator_kind)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          returning id, name, prefix, scope, expires_at, last_used_at, created_at",
     )
     .bind(tenant.as_str())
@@ -309,6 +401,7 @@ pub async fn insert_api_key(
     .bind(expires_at)
     .bind(created_by)
     .bind(created_by_email)
+    .bind(creator_kind)
     .fetch_one(conn)
     .await
 }

@@ -1,7 +1,7 @@
 //! HTTP surface of identity: `/auth/*` and `/api-keys`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,14 +31,17 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Registered; tokens issued", body = TokenResponse),
         (status = 400, description = "Invalid body or invitation", body = ErrorBody),
-        (status = 409, description = "E-mail or organisation already exists", body = ErrorBody),
+        (status = 403, description = "Registration is closed (REGISTRATION_CLOSED): only invitations", body = ErrorBody),
+        (status = 409, description = "E-mail or organisation already exists (TENANT_EXISTS)", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address", body = ErrorBody),
         BodyErrors, ServerErrors,
     ))]
 pub async fn register(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     ValidJson(req): ValidJson<RegisterRequest>,
 ) -> Result<impl IntoResponse> {
-    let response = service::register(&state, req).await?;
+    let response = service::register(&state, &client, req).await?;
     Ok((StatusCode::CREATED, Json(response)))
 }
 
@@ -76,7 +79,8 @@ pub async fn refresh(
     service::refresh(&state, &client, req).await.map(Json)
 }
 
-/// Revoke a refresh token (and every token rotated from the same login).
+/// Revoke a refresh token (and every token rotated from the same login) and, when the request
+/// carries one, its access token: every instance refuses it from then on until it expires.
 #[utoipa::path(post, path = "/auth/logout", tag = "Auth", request_body = RefreshRequest,
     responses(
         (status = 204, description = "Logged out"),
@@ -85,9 +89,16 @@ pub async fn refresh(
     ))]
 pub async fn logout(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ValidJson(req): ValidJson<RefreshRequest>,
 ) -> Result<StatusCode> {
-    service::logout(&state, req).await?;
+    let access = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    service::logout(&state, access, req).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

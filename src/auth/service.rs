@@ -33,8 +33,18 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
 }
 
+/// `POST /auth/register`: joins an organisation with an invitation, or creates a new one (when
+/// `REGISTRATION_ENABLED`) under a slug nobody has: not registered, not seen in any verified
+/// token, holding no data. Limited per client address before any password is hashed.
 #[instrument(skip_all, fields(tenant))]
-pub async fn register(state: &AppState, req: RegisterRequest) -> Result<TokenResponse> {
+pub async fn register(state: &AppState, client: &str, req: RegisterRequest) -> Result<TokenResponse> {
+    state.limits.check_register(&format!("ip:{client}")).await?;
+    if req.invitation_token.is_none() && !state.config.registration_enabled {
+        return Err(ApiError::forbidden_coded(
+            "REGISTRATION_CLOSED",
+            "Registration is closed: ask an administrator for an invitation",
+        ));
+    }
     let email = req.email.trim().to_lowercase();
     let hash = password::hash(req.password.clone()).await?;
     let name = req.name.as_deref();
@@ -87,6 +97,13 @@ pub async fn register(state: &AppState, req: RegisterRequest) -> Result<TokenRes
                 .ok_or_else(|| ApiError::invalid("tenantSlug", "is not a valid slug"))?;
             let tenant_name = req.tenant_name.as_deref().unwrap_or(slug);
             let mut tx = state.db.begin(&tenant).await?;
+            if repo::tenant_has_data(&mut tx, &tenant).await? {
+                tracing::warn!(tenant = %tenant, "registration refused: the organisation exists");
+                return Err(ApiError::conflict(
+                    "TENANT_EXISTS",
+                    "This organisation already exists",
+                ));
+            }
             repo::insert_tenant(&mut tx, &tenant, tenant_name).await?;
             let user =
                 repo::insert_user(&mut tx, &tenant, &email, name, &hash, Role::Admin.as_str())
@@ -172,7 +189,10 @@ pub async fn refresh(state: &AppState, client: &str, req: RefreshRequest) -> Res
     let tenant = TenantId::parse(&row.tenant_id).ok_or_else(invalid)?;
 
     let mut tx = state.db.begin(&tenant).await?;
-    if row.revoked_at.is_some() || row.expires_at < Utc::now() {
+    let now = Utc::now();
+    let login_ends = row.family_started_at
+        + ChronoDuration::from_std(state.auth.refresh_max_age).unwrap_or(ChronoDuration::MAX);
+    if row.revoked_at.is_some() || row.expires_at < now || login_ends < now {
         return Err(invalid());
     }
     if row.rotated_at.is_some() || !repo::mark_refresh_rotated(&mut tx, &tenant, row.id).await? {
@@ -195,14 +215,26 @@ pub async fn refresh(state: &AppState, client: &str, req: RefreshRequest) -> Res
         role,
         user.name,
         row.family_id,
+        row.family_started_at,
     )
     .await?;
     tx.commit().await?;
     Ok(response)
 }
 
+/// Ends a login: its refresh tokens (the whole family) and the access token the request carries,
+/// which every instance refuses from then on until it expires.
 #[instrument(skip_all)]
-pub async fn logout(state: &AppState, req: RefreshRequest) -> Result<()> {
+pub async fn logout(state: &AppState, access_token: Option<&str>, req: RefreshRequest) -> Result<()> {
+    if let Some(token) = access_token
+        && let Some((tenant, digest, exp)) = state.auth.revocable(token)
+    {
+        let expires_at = chrono::DateTime::from_timestamp(exp as i64, 0).unwrap_or_else(Utc::now);
+        let mut tx = state.db.begin(&tenant).await?;
+        repo::revoke_access_token(&mut tx, &tenant, &digest, expires_at).await?;
+        tx.commit().await?;
+        state.auth.revoke(digest, exp);
+    }
     let digest = sha256(req.refresh_token.as_bytes());
     let mut tx = state.db.begin_anonymous().await?;
     let row = repo::find_refresh_token(&mut tx, &digest).await?;
@@ -249,6 +281,30 @@ pub async fn invite(
         token,
         expires_at,
     })
+}
+
+/// `panels create-admin`: the first admin of an organisation (when registration is closed, or for
+/// a tenant of an identity provider that wants a local account). Creates the tenant row when the
+/// tenant is new; an existing user of that e-mail is refused.
+pub async fn create_admin(
+    state: &AppState,
+    tenant: &TenantId,
+    email: &str,
+    password: String,
+) -> Result<i64> {
+    let email = email.trim().to_lowercase();
+    if !email.contains('@') || email.len() > 255 {
+        return Err(ApiError::invalid("email", "is not an e-mail address"));
+    }
+    if password.chars().count() < 8 {
+        return Err(ApiError::invalid("password", "must be at least 8 characters"));
+    }
+    let hash = password::hash(password).await?;
+    let mut tx = state.db.begin(tenant).await?;
+    repo::ensure_tenant(&mut tx, tenant).await?;
+    let user = repo::insert_user(&mut tx, tenant, &email, None, &hash, Role::Admin.as_str()).await?;
+    tx.commit().await?;
+    Ok(user.id)
 }
 
 pub fn require_admin(principal: &Principal) -> Result<()> {

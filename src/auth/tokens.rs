@@ -1,6 +1,7 @@
 //! Access + refresh token pairs. Refresh tokens are random, stored only as SHA-256 digests, and
 //! grouped in families: each refresh rotates within the family, and a replayed (already rotated)
-//! token revokes the family.
+//! token revokes the family. A family never outlives `JWT_REFRESH_MAX_AGE` from its login:
+//! rotation renews a token's own lifetime, not the login's.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -41,6 +42,7 @@ pub async fn issue_pair(
         role,
         name,
         Uuid::new_v4(),
+        Utc::now(),
     )
     .await
 }
@@ -55,12 +57,23 @@ pub async fn issue_in_family(
     role: Role,
     name: Option<String>,
     family: Uuid,
+    family_started_at: chrono::DateTime<Utc>,
 ) -> Result<TokenResponse> {
     let (access_token, expires_in) = state.auth.issue(user_id, email, tenant, role)?;
     let refresh_token = random_token("rt_");
-    let expires_at = Utc::now() + state.auth.refresh_ttl;
+    // A rotated token lives its own lifetime, but never past the login's absolute one.
+    let expires_at = (Utc::now() + state.auth.refresh_ttl).min(family_started_at + state.auth.refresh_max_age);
     let digest = Sha256::digest(refresh_token.as_bytes());
-    repo::insert_refresh_token(conn, tenant, user_id, family, &digest, expires_at).await?;
+    repo::insert_refresh_token(
+        conn,
+        tenant,
+        user_id,
+        family,
+        &digest,
+        expires_at,
+        family_started_at,
+    )
+    .await?;
     Ok(TokenResponse {
         access_token,
         token_type: "Bearer",

@@ -141,3 +141,37 @@ pub async fn delete_data_source(
         .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// One source by id alone, locked (the key rotation, which walks every source of a tenant).
+pub async fn find_data_source_by_id(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+) -> sqlx::Result<Option<DataSourceRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from data_source d where d.tenant_id = $1 and d.id = $2 for update"
+    ))
+    .bind(tenant.as_str())
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Replaces a source's stored config with the same config re-encrypted (a new version: the
+/// stored bytes changed).
+pub async fn replace_config(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+    config: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query("update data_source set config = $3 where tenant_id = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .bind(config)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

@@ -14,7 +14,7 @@ use super::crypto::{
 };
 use super::model::*;
 use super::repo;
-use crate::auth::Principal;
+use crate::auth::{Principal, TenantId};
 use crate::cache::Change;
 use crate::changes::{self, Affect, ChangeType, NewChange};
 use crate::db::Tx;
@@ -458,6 +458,27 @@ pub async fn delete(
     let change = Change::panel("datasource.deleted", panel_id).with("dataSourceId", id);
     state.cache.committed(&principal.tenant, change).await;
     Ok(())
+}
+
+/// Re-encrypts one source's secrets under the current key, in its own transaction; false when
+/// they already were (`panels rotate-secrets`).
+pub async fn reseal(state: &AppState, tenant: &TenantId, id: i64) -> anyhow::Result<bool> {
+    let mut tx = state.db.begin(tenant).await?;
+    let Some(row) = repo::find_data_source_by_id(&mut tx, tenant, id).await? else {
+        return Ok(false);
+    };
+    let scope = SecretScope {
+        tenant: tenant.as_str(),
+        data_source_id: id,
+    };
+    let Some(sealed) = crypto::reseal_config(&state.crypto, scope, &row.config)
+        .map_err(|e| anyhow::anyhow!("data source {id}: {e}"))?
+    else {
+        return Ok(false);
+    };
+    repo::replace_config(&mut tx, tenant, id, &sealed).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ async fn fingerprint(pool: &PgPool) -> String {
     let mut out = String::new();
     for table in tables {
         let sql = format!(
-            "select coalesce(md5(string_agg(t::text, ',' order by t::text)), '') from {table} t"
+            "select coalesce(md5(string_agg(t::text, ',' order by t::text)), '') from {table} t where t.tenant_id = 'tenant-a'"
         );
         let digest: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .fetch_one(pool)
@@ -349,38 +349,108 @@ async fn the_one_trip_statements_bind_their_tenant_for_their_statement_only() {
     assert_eq!(found, None);
     drop(conn);
 
-    // Inside tenant A's transaction, a read for B leaves the transaction bound to A.
+    // Inside tenant A's transaction, a read or a create for B is refused: a function never binds
+    // a tenant other than the one the transaction is bound to (a caller's bug cannot cross).
     let tenant_a = TenantId::parse("tenant-a").expect("tenant slug");
+    let refused = |err: sqlx::Error| match err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
     let mut tx = app.state.db.begin(&tenant_a).await.expect("begin");
-    let _: Option<(i64, Option<String>)> = sqlx::query_as(read)
+    let err = sqlx::query_as::<_, (i64, Option<String>)>(read)
         .bind("tenant-b")
         .bind(b.panel)
         .bind(None::<&str>)
         .bind(None::<&str>)
         .fetch_optional(&mut *tx)
         .await
-        .expect("read");
-    // So does a one-statement create for B.
-    let (created, owner): (i64, String) = sqlx::query_as(
-        "select p.id, p.tenant_id from create_panels('tenant-b',
+        .expect_err("a read for B inside A's transaction");
+    assert_eq!(refused(err).as_deref(), Some("42501"));
+    tx.rollback().await.expect("rollback");
+    let mut tx = app.state.db.begin(&tenant_a).await.expect("begin");
+    let err = sqlx::query(
+        "select p.id from create_panels('tenant-b',
            '[{\"userId\": \"u\", \"owner\": \"u@b.example\", \"name\": \"New\", \"cohortRule\": {}, \"metadata\": {}}]') p",
     )
     .fetch_one(&mut *tx)
     .await
-    .expect("create");
-    assert_eq!(owner, "tenant-b");
+    .expect_err("a create for B inside A's transaction");
+    assert_eq!(refused(err).as_deref(), Some("42501"));
+    tx.rollback().await.expect("rollback");
+    // The same tenant as the transaction's still reads, and leaves it bound to A.
+    let mut tx = app.state.db.begin(&tenant_a).await.expect("begin");
+    let found: Option<(i64, Option<String>)> = sqlx::query_as(read)
+        .bind("tenant-a")
+        .bind(a.panel)
+        .bind(None::<&str>)
+        .bind(None::<&str>)
+        .fetch_optional(&mut *tx)
+        .await
+        .expect("read");
+    assert_eq!(found.map(|f| f.0), Some(a.panel));
     let panels: Vec<(String,)> = sqlx::query_as("select tenant_id from panel")
         .fetch_all(&mut *tx)
         .await
         .expect("query");
     assert_eq!(panels, vec![("tenant-a".to_owned(),)]);
     tx.rollback().await.expect("rollback");
-    let left: i64 = sqlx::query_scalar("select count(*) from panel where id = $1")
-        .bind(created)
+
+    // A scheduled run is enqueued only for a source of that tenant and panel that has a schedule.
+    let mut conn = app.state.db.acquire().await.expect("conn");
+    sqlx::query("select enqueue_scheduled_run('tenant-b', $1, $2)")
+        .bind(a.panel)
+        .bind(a.data_source)
+        .execute(&mut *conn)
+        .await
+        .expect("enqueue");
+    drop(conn);
+    let runs: i64 = sqlx::query_scalar("select count(*) from sync_run")
         .fetch_one(&pool)
         .await
         .expect("count");
-    assert_eq!(left, 0, "rolled back with the transaction it ran in");
+    assert_eq!(runs, 0, "no run for another tenant's source");
+}
+
+/// No function of the schema is callable by a role that is not the server's: another login of the
+/// same cluster cannot bind a tenant or look an identity up.
+#[tokio::test]
+async fn the_schema_functions_answer_only_the_servers_roles() {
+    let app = TestApp::spawn().await;
+    let pool = app.owner_pool().await;
+    let outsider = format!("panels_test_outsider_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create role {outsider} login")))
+        .execute(&pool)
+        .await
+        .expect("role");
+    let url = format!(
+        "{}?user={outsider}",
+        app.database_url.split('?').next().unwrap_or_default()
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect as the outsider");
+    for call in [
+        "select panels_bind_tenant('tenant-a')",
+        "select * from read_panel('tenant-a', 1, null, null)",
+        "select * from auth_find_login('owner@a.example')",
+        "select * from claim_sync_run('x', 10)",
+        "select app_tenant()",
+    ] {
+        let err = sqlx::query(call)
+            .execute(&mut conn)
+            .await
+            .expect_err(call);
+        let code = match &err {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        assert_eq!(code.as_deref(), Some("42501"), "{call}: {err}");
+    }
+    drop(conn);
+    sqlx::query(sqlx::AssertSqlSafe(format!("drop role {outsider}")))
+        .execute(&pool)
+        .await
+        .expect("drop role");
 }
 
 /// Every table that holds tenant data has RLS enabled and forced, and the runtime role can
