@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use ipnet::IpNet;
 use axum::response::{IntoResponse, Response};
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use validator::Validate;
 
@@ -62,7 +62,10 @@ pub struct ClientAddr(pub String);
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(Self(client_address(parts, &state.config.trusted_proxies)))
     }
 }
@@ -89,12 +92,7 @@ pub fn client_address(parts: &Parts, trusted: &[IpNet]) -> String {
             None => return peer.to_string(),
         }
     }
-    chain
-        .first()
-        .copied()
-        .flatten()
-        .unwrap_or(peer)
-        .to_string()
+    chain.first().copied().flatten().unwrap_or(peer).to_string()
 }
 
 /// The addresses a request passed through, oldest first: from `Forwarded` when present (RFC 7239),
@@ -112,7 +110,9 @@ fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
                     let (name, value) = pair.trim().split_once('=')?;
-                    name.trim().eq_ignore_ascii_case("for").then(|| parse_node(value.trim()))
+                    name.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_node(value.trim()))
                 })
             })
             .collect();
@@ -136,7 +136,11 @@ fn parse_node(raw: &str) -> Option<IpAddr> {
     if let Some(rest) = raw.strip_prefix('[') {
         return rest.split(']').next()?.parse().ok();
     }
-    raw.rsplit_once(':')?.0.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+    raw.rsplit_once(':')?
+        .0
+        .parse::<std::net::Ipv4Addr>()
+        .ok()
+        .map(IpAddr::V4)
 }
 
 #[cfg(test)]
@@ -150,9 +154,10 @@ mod tests {
             builder = builder.header(*name, *value);
         }
         let (mut parts, _) = builder.body(()).expect("request").into_parts();
-        parts
-            .extensions
-            .insert(ConnectInfo(SocketAddr::new(peer.parse().expect("ip"), 4000)));
+        parts.extensions.insert(ConnectInfo(SocketAddr::new(
+            peer.parse().expect("ip"),
+            4000,
+        )));
         parts
     }
 
@@ -164,17 +169,38 @@ mod tests {
     fn forwarding_headers_count_only_from_trusted_proxies() {
         let proxies = nets(&["10.0.0.0/8"]);
         let xff = [("x-forwarded-for", "203.0.113.9, 10.1.1.1")];
-        assert_eq!(client_address(&parts("10.0.0.2", &xff), &proxies), "203.0.113.9");
+        assert_eq!(
+            client_address(&parts("10.0.0.2", &xff), &proxies),
+            "203.0.113.9"
+        );
         // A client that is not a proxy cannot choose its address.
-        assert_eq!(client_address(&parts("198.51.100.4", &xff), &proxies), "198.51.100.4");
+        assert_eq!(
+            client_address(&parts("198.51.100.4", &xff), &proxies),
+            "198.51.100.4"
+        );
         // The spoofed left part of a chain is ignored: the first untrusted hop from the right.
         let spoofed = [("x-forwarded-for", "1.2.3.4, 198.51.100.4")];
-        assert_eq!(client_address(&parts("10.0.0.2", &spoofed), &proxies), "198.51.100.4");
-        let forwarded = [("forwarded", "for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2")];
-        assert_eq!(client_address(&parts("10.0.0.2", &forwarded), &proxies), "2001:db8::7");
-        assert_eq!(client_address(&parts("10.0.0.2", &[]), &proxies), "10.0.0.2");
+        assert_eq!(
+            client_address(&parts("10.0.0.2", &spoofed), &proxies),
+            "198.51.100.4"
+        );
+        let forwarded = [(
+            "forwarded",
+            "for=\"[2001:db8::7]:4711\";proto=https, for=10.2.2.2",
+        )];
+        assert_eq!(
+            client_address(&parts("10.0.0.2", &forwarded), &proxies),
+            "2001:db8::7"
+        );
+        assert_eq!(
+            client_address(&parts("10.0.0.2", &[]), &proxies),
+            "10.0.0.2"
+        );
         let unknown = [("forwarded", "for=unknown")];
-        assert_eq!(client_address(&parts("10.0.0.2", &unknown), &proxies), "10.0.0.2");
+        assert_eq!(
+            client_address(&parts("10.0.0.2", &unknown), &proxies),
+            "10.0.0.2"
+        );
         assert_eq!(client_address(&parts("10.0.0.2", &xff), &[]), "10.0.0.2");
     }
 }

@@ -113,8 +113,19 @@ fn main() -> std::process::ExitCode {
 /// removed.
 fn clear_libpq_environment() -> Vec<&'static str> {
     const NAMES: &[&str] = &[
-        "PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGPASSWORD", "PGPASSFILE", "PGDATABASE",
-        "PGOPTIONS", "PGSSLMODE", "PGSSLCERT", "PGSSLKEY", "PGSSLROOTCERT", "PGAPPNAME",
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGPASSFILE",
+        "PGDATABASE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGSSLCERT",
+        "PGSSLKEY",
+        "PGSSLROOTCERT",
+        "PGAPPNAME",
     ];
     let present: Vec<&'static str> = NAMES
         .iter()
@@ -174,7 +185,9 @@ async fn run(command: Option<Command>, config: Config) -> std::process::ExitCode
         }
         Command::RotateSecrets => match panels::rotate_secrets(config).await {
             Ok((checked, rewritten)) => {
-                println!("{checked} data sources checked, {rewritten} re-encrypted with the current key");
+                println!(
+                    "{checked} data sources checked, {rewritten} re-encrypted with the current key"
+                );
                 Ok(())
             }
             Err(err) => Err(err),

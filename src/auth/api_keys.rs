@@ -135,7 +135,9 @@ pub async fn create(
     // A local user's key follows the account in `users`; an identity provider's member's, the
     // role last seen in their tokens.
     let local = match principal.user_id.parse::<i64>() {
-        Ok(id) => repo::find_user(&mut tx, &principal.tenant, id).await?.is_some(),
+        Ok(id) => repo::find_user(&mut tx, &principal.tenant, id)
+            .await?
+            .is_some(),
         Err(_) => false,
     };
     let row = repo::insert_api_key(

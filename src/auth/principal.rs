@@ -91,7 +91,8 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
 /// the few POSTs that only compute an answer. One rule for every route, checked here once, so a
 /// route added later is covered without doing anything.
 pub fn check_scope(parts: &Parts, principal: &Principal) -> Result<(), ApiError> {
-    if principal.can_write() || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    if principal.can_write() || matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+    {
         return Ok(());
     }
     let route = parts

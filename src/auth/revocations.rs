@@ -33,7 +33,11 @@ pub fn spawn(db: Db, auth: Arc<AuthKeys>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn read(db: &Db, auth: &AuthKeys, since: DateTime<Utc>) -> sqlx::Result<Option<DateTime<Utc>>> {
+async fn read(
+    db: &Db,
+    auth: &AuthKeys,
+    since: DateTime<Utc>,
+) -> sqlx::Result<Option<DateTime<Utc>>> {
     let mut conn = db.acquire().await?;
     let rows = repo::revoked_tokens_since(&mut conn, since).await?;
     drop(conn);

@@ -37,7 +37,11 @@ fn sha256(bytes: &[u8]) -> Vec<u8> {
 /// `REGISTRATION_ENABLED`) under a slug nobody has: not registered, not seen in any verified
 /// token, holding no data. Limited per client address before any password is hashed.
 #[instrument(skip_all, fields(tenant))]
-pub async fn register(state: &AppState, client: &str, req: RegisterRequest) -> Result<TokenResponse> {
+pub async fn register(
+    state: &AppState,
+    client: &str,
+    req: RegisterRequest,
+) -> Result<TokenResponse> {
     state.limits.check_register(&format!("ip:{client}")).await?;
     if req.invitation_token.is_none() && !state.config.registration_enabled {
         return Err(ApiError::forbidden_coded(
@@ -225,7 +229,11 @@ pub async fn refresh(state: &AppState, client: &str, req: RefreshRequest) -> Res
 /// Ends a login: its refresh tokens (the whole family) and the access token the request carries,
 /// which every instance refuses from then on until it expires.
 #[instrument(skip_all)]
-pub async fn logout(state: &AppState, access_token: Option<&str>, req: RefreshRequest) -> Result<()> {
+pub async fn logout(
+    state: &AppState,
+    access_token: Option<&str>,
+    req: RefreshRequest,
+) -> Result<()> {
     if let Some(token) = access_token
         && let Some((tenant, digest, exp)) = state.auth.revocable(token)
     {
@@ -297,12 +305,16 @@ pub async fn create_admin(
         return Err(ApiError::invalid("email", "is not an e-mail address"));
     }
     if password.chars().count() < 8 {
-        return Err(ApiError::invalid("password", "must be at least 8 characters"));
+        return Err(ApiError::invalid(
+            "password",
+            "must be at least 8 characters",
+        ));
     }
     let hash = password::hash(password).await?;
     let mut tx = state.db.begin(tenant).await?;
     repo::ensure_tenant(&mut tx, tenant).await?;
-    let user = repo::insert_user(&mut tx, tenant, &email, None, &hash, Role::Admin.as_str()).await?;
+    let user =
+        repo::insert_user(&mut tx, tenant, &email, None, &hash, Role::Admin.as_str()).await?;
     tx.commit().await?;
     Ok(user.id)
 }

@@ -62,7 +62,8 @@ pub async fn issue_in_family(
     let (access_token, expires_in) = state.auth.issue(user_id, email, tenant, role)?;
     let refresh_token = random_token("rt_");
     // A rotated token lives its own lifetime, but never past the login's absolute one.
-    let expires_at = (Utc::now() + state.auth.refresh_ttl).min(family_started_at + state.auth.refresh_max_age);
+    let expires_at =
+        (Utc::now() + state.auth.refresh_ttl).min(family_started_at + state.auth.refresh_max_age);
     let digest = Sha256::digest(refresh_token.as_bytes());
     repo::insert_refresh_token(
         conn,

@@ -1092,9 +1092,18 @@ async fn a_kept_secret_never_follows_a_source_to_another_destination() {
         "http://api.clinic.example/v1/patients",
         "https://api.clinic.example:8443/v1/patients",
     ] {
-        let res = app.put(&path).bearer(&admin).json(&moved(elsewhere)).send().await;
+        let res = app
+            .put(&path)
+            .bearer(&admin)
+            .json(&moved(elsewhere))
+            .send()
+            .await;
         res.assert_error(400, "SECRET_REQUIRED");
-        assert_eq!(res.body["details"][0]["field"], "config.headers.Authorization", "{}", res.text);
+        assert_eq!(
+            res.body["details"][0]["field"], "config.headers.Authorization",
+            "{}",
+            res.text
+        );
     }
     // Same destination, another path: the secret is kept.
     let res = app
@@ -1104,8 +1113,12 @@ async fn a_kept_secret_never_follows_a_source_to_another_destination() {
         .send()
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
-    let plain = decrypt_config(&app.state.crypto, scope(api), &raw_config(&app, api).await).expect("decrypt");
-    assert_eq!(plain["headers"]["Authorization"], "Bearer admin-only-secret");
+    let plain = decrypt_config(&app.state.crypto, scope(api), &raw_config(&app, api).await)
+        .expect("decrypt");
+    assert_eq!(
+        plain["headers"]["Authorization"],
+        "Bearer admin-only-secret"
+    );
     // Sending the value again moves it wherever the editor likes.
     let res = app
         .put(&path)
@@ -1130,14 +1143,22 @@ async fn a_kept_secret_never_follows_a_source_to_another_destination() {
         .send()
         .await;
     res.assert_error(400, "SECRET_REQUIRED");
-    assert_eq!(res.body["details"][0]["field"], "config.password", "{}", res.text);
+    assert_eq!(
+        res.body["details"][0]["field"], "config.password",
+        "{}",
+        res.text
+    );
     let res = app
         .put(&path)
         .bearer(&admin)
         .json(&json!({"type": "database", "config": {"connectionString": "********", "password": "********", "query": "select 2"}}))
         .send()
         .await;
-    assert_eq!(res.status, 200, "the same destination keeps both: {}", res.text);
+    assert_eq!(
+        res.status, 200,
+        "the same destination keeps both: {}",
+        res.text
+    );
 }
 
 /// Credentials in an `api` URL's query (and userinfo) are secrets like headers: encrypted at rest,
@@ -1146,29 +1167,51 @@ async fn a_kept_secret_never_follows_a_source_to_another_destination() {
 async fn credentials_in_an_api_url_are_masked_like_headers() {
     let Story { app, admin, panel } = story().await;
     let url = "https://svc:url-pw-secret@api.clinic.example/v1/p?page=1&access_token=tok-secret-1&api_key=key-secret-2&signature=sig-secret-3";
-    let res = create(&app, &admin, panel, &json!({"type": "api", "config": {"url": url}})).await;
+    let res = create(
+        &app,
+        &admin,
+        panel,
+        &json!({"type": "api", "config": {"url": url}}),
+    )
+    .await;
     assert_eq!(res.status, 201, "{}", res.text);
     let id = res.body["id"].as_i64().expect("id");
     let masked = "https://svc:********@api.clinic.example/v1/p?page=1&access_token=********&api_key=********&signature=********";
     assert_eq!(res.body["config"]["url"], masked);
-    assert!(res.body["config"].get("$urlSecrets").is_none(), "{}", res.text);
+    assert!(
+        res.body["config"].get("$urlSecrets").is_none(),
+        "{}",
+        res.text
+    );
     let stored = raw_config(&app, id).await.to_string();
-    for secret in ["url-pw-secret", "tok-secret-1", "key-secret-2", "sig-secret-3"] {
-        assert!(!stored.contains(secret), "{secret} stored in clear: {stored}");
+    for secret in [
+        "url-pw-secret",
+        "tok-secret-1",
+        "key-secret-2",
+        "sig-secret-3",
+    ] {
+        assert!(
+            !stored.contains(secret),
+            "{secret} stored in clear: {stored}"
+        );
         assert!(!res.text.contains(secret));
     }
-    let plain = decrypt_config(&app.state.crypto, scope(id), &raw_config(&app, id).await).expect("decrypt");
+    let plain =
+        decrypt_config(&app.state.crypto, scope(id), &raw_config(&app, id).await).expect("decrypt");
     assert_eq!(plain["url"], url, "the sync reads the whole URL");
     // Sent back as read, with another page size: the credentials are kept.
     let path = format!("/panels/{panel}/datasources/{id}");
     let res = app
         .put(&path)
         .bearer(&admin)
-        .json(&json!({"type": "api", "config": {"url": masked.replace("page=1", "page=1&size=50")}}))
+        .json(
+            &json!({"type": "api", "config": {"url": masked.replace("page=1", "page=1&size=50")}}),
+        )
         .send()
         .await;
     assert_eq!(res.status, 200, "{}", res.text);
-    let plain = decrypt_config(&app.state.crypto, scope(id), &raw_config(&app, id).await).expect("decrypt");
+    let plain =
+        decrypt_config(&app.state.crypto, scope(id), &raw_config(&app, id).await).expect("decrypt");
     assert_eq!(plain["url"], url.replace("page=1", "page=1&size=50"));
     // Another host: the masked credentials must be sent again.
     let res = app

@@ -436,10 +436,7 @@ async fn the_schema_functions_answer_only_the_servers_roles() {
         "select * from claim_sync_run('x', 10)",
         "select app_tenant()",
     ] {
-        let err = sqlx::query(call)
-            .execute(&mut conn)
-            .await
-            .expect_err(call);
+        let err = sqlx::query(call).execute(&mut conn).await.expect_err(call);
         let code = match &err {
             sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
             _ => None,

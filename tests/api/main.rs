@@ -13,5 +13,6 @@ mod isolation;
 mod operations;
 mod panels;
 mod rows;
+mod security;
 mod sync;
 mod views;
