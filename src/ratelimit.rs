@@ -86,7 +86,11 @@ impl Limit {
     /// every 1,024 checks, so a flood of new keys cannot grow it without bound).
     fn prune(&self) {
         use std::sync::atomic::Ordering;
-        if self.checks.fetch_add(1, Ordering::Relaxed) % 1024 == 0 && self.local.len() > PRUNE_ABOVE
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1024)
+            && self.local.len() > PRUNE_ABOVE
         {
             self.local.retain_recent();
             self.local.shrink_to_fit();
