@@ -335,10 +335,42 @@ pub async fn analyze_formula(
     if let Some(path) = crate::formula::find_cycle(&graph) {
         return Err(formula_error(&crate::formula::FormulaError::cycle(&path)));
     }
+    check_panel_size(&columns, column_id, name, &checked)?;
     Ok(FormulaInfo {
         result_type: Some(checked.result_type.name().to_owned()),
         dependencies: checked.dependencies,
     })
+}
+
+/// Refuses a formula that would take the panel's calculated columns past
+/// [`crate::formula::MAX_PANEL_FORMULA_SQL`] of compiled SQL (`FORMULA_TOO_COMPLEX`, naming the
+/// column): what one page of rows costs to plan and compute grows with it.
+fn check_panel_size(
+    columns: &[repo::ColumnRef],
+    column_id: Option<i64>,
+    name: &str,
+    checked: &crate::formula::Checked,
+) -> Result<()> {
+    let others: usize = columns
+        .iter()
+        .filter(|c| c.kind == "calculated" && Some(c.id) != column_id && c.name != name)
+        .filter_map(|c| {
+            let formula = c.formula.as_deref()?;
+            check_formula(columns, Some(c.id), formula).ok()
+        })
+        .map(|c| crate::formula::compiled_len(&c))
+        .sum();
+    let total = others + crate::formula::compiled_len(checked);
+    if total > crate::formula::MAX_PANEL_FORMULA_SQL {
+        return Err(ApiError::BadRequest {
+            code: "FORMULA_TOO_COMPLEX".into(),
+            message: format!(
+                "column \"{name}\": the panel's formulas would compile to {total} bytes of SQL, more than the limit of {}",
+                crate::formula::MAX_PANEL_FORMULA_SQL
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Parses and type-checks `formula` against the other columns of a panel (a calculated column

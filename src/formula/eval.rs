@@ -13,7 +13,7 @@ use super::datetime;
 use super::functions::FUNCTIONS;
 use super::num;
 use super::parse::{BinaryOp, Expr, ExprKind};
-use super::{Checked, Span, Value, ValueType};
+use super::{Checked, MAX_TEXT_BYTES, Span, Value, ValueType};
 
 /// A source row: the value of each column, already typed (e.g. with [`Value::from_json`]).
 /// A value of the wrong type for its column is treated as blank, with a warning.
@@ -56,6 +56,11 @@ impl Evaluator<'_> {
         Value::Blank
     }
 
+    /// The failure of a text result longer than [`MAX_TEXT_BYTES`].
+    pub fn too_long(&mut self, span: Span) -> Value {
+        self.fail(span, "text longer than 65536 bytes")
+    }
+
     /// A number result, or blank with a warning when the guarded operation failed.
     pub fn number(&mut self, result: Option<f64>, span: Span, message: &str) -> Value {
         match result {
@@ -76,6 +81,10 @@ impl Evaluator<'_> {
                 let value = self.row.get(name);
                 match (&value, ty) {
                     (Value::Blank, _) => value,
+                    (Value::Text(t), ValueType::Text) if t.len() > MAX_TEXT_BYTES => self.fail(
+                        e.span,
+                        &format!("column {name} holds a text longer than 65536 bytes"),
+                    ),
                     (Value::Number(n), ValueType::Number) if !n.is_finite() => {
                         self.fail(e.span, &format!("column {name} holds a non-finite number"))
                     }
@@ -156,6 +165,9 @@ impl Evaluator<'_> {
             BinaryOp::Concat => {
                 let mut s = self.any_text(l).unwrap_or_default();
                 s.push_str(&self.any_text(r).unwrap_or_default());
+                if s.len() > MAX_TEXT_BYTES {
+                    return self.too_long(span);
+                }
                 return Value::Text(s);
             }
             _ => {

@@ -10,7 +10,7 @@ use super::num::{self, RoundMode};
 use super::parse::{BinaryOp, Expr, ExprKind};
 use super::pattern;
 use super::sql::{A, SqlCompiler, SqlParam};
-use super::{Value, ValueType};
+use super::{MAX_TEXT_BYTES, Value, ValueType};
 
 /// How the checker treats an argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,6 +78,14 @@ use ValueType as T;
 
 fn text(v: Option<String>) -> Value {
     v.map_or(Value::Blank, Value::Text)
+}
+
+/// Text that may have grown past [`MAX_TEXT_BYTES`]: a failure of the cell when it has.
+fn capped(ev: &mut Evaluator<'_>, e: &Expr, v: Option<String>) -> Value {
+    match v {
+        Some(s) if s.len() > MAX_TEXT_BYTES => ev.too_long(e.span),
+        other => text(other),
+    }
 }
 
 fn number(v: Option<f64>) -> Value {
@@ -395,11 +403,18 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Text),
         signature: "CONCAT(value1, value2, …)",
         example: r#"CONCAT(firstName, " ", lastName)"#,
-        sql: |c, _, a| infix(c, a, " || ", |c, e| c.arg(&A::AnyTextOr(e))),
-        eval: |ev, _, a| {
+        sql: |c, _, a| {
+            c.sql("panels_text_cap(");
+            infix(c, a, " || ", |c, e| c.arg(&A::AnyTextOr(e)));
+            c.sql(")");
+        },
+        eval: |ev, e, a| {
             let mut out = String::new();
             for arg in a {
                 out.push_str(&ev.any_text(arg).unwrap_or_default());
+                if out.len() > MAX_TEXT_BYTES {
+                    return ev.too_long(e.span);
+                }
             }
             Value::Text(out)
         },
@@ -413,8 +428,16 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "UPPER(text)",
         example: "UPPER(lastName)",
         // panels_upper uses ICU's root-locale mapping: Unicode's default, like Rust's.
-        sql: |c, _, a| c.func("panels_upper", &[A::Text(&a[0])]),
-        eval: |ev, _, a| text(ev.text(&a[0]).map(|s| s.to_uppercase())),
+        // Case mapping can lengthen a text (ß → SS): capped like any text that can grow.
+        sql: |c, _, a| {
+            c.sql("panels_text_cap(");
+            c.func("panels_upper", &[A::Text(&a[0])]);
+            c.sql(")");
+        },
+        eval: |ev, e, a| {
+            let upper = ev.text(&a[0]).map(|s| s.to_uppercase());
+            capped(ev, e, upper)
+        },
     },
     Function {
         name: "LOWER",
@@ -424,8 +447,15 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Text),
         signature: "LOWER(text)",
         example: "LOWER(email)",
-        sql: |c, _, a| c.func("panels_lower", &[A::Text(&a[0])]),
-        eval: |ev, _, a| text(ev.text(&a[0]).map(|s| s.to_lowercase())),
+        sql: |c, _, a| {
+            c.sql("panels_text_cap(");
+            c.func("panels_lower", &[A::Text(&a[0])]);
+            c.sql(")");
+        },
+        eval: |ev, e, a| {
+            let lower = ev.text(&a[0]).map(|s| s.to_lowercase());
+            capped(ev, e, lower)
+        },
     },
     Function {
         name: "TRIM",
@@ -533,21 +563,29 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: r#"SUBSTITUTE(phone, "-", "")"#,
         sql: |c, _, a| {
             c.func(
-                "replace",
+                "panels_substitute",
                 &[A::Text(&a[0]), A::TextOr(&a[1]), A::TextOr(&a[2])],
             )
         },
-        eval: |ev, _, a| {
+        eval: |ev, e, a| {
             let s = ev.text(&a[0]);
             let old = ev.text_or_empty(&a[1]);
             let new = ev.text_or_empty(&a[2]);
-            text(s.map(|s| {
-                if old.is_empty() {
-                    s
-                } else {
-                    s.replace(&old, &new)
+            match s {
+                None => Value::Blank,
+                Some(s) if old.is_empty() => Value::Text(s),
+                Some(s) => {
+                    // The result's size first: an oversized one is never built.
+                    let hits = s.matches(old.as_str()).count();
+                    let size =
+                        s.len() as i128 + hits as i128 * (new.len() as i128 - old.len() as i128);
+                    if size > MAX_TEXT_BYTES as i128 {
+                        ev.too_long(e.span)
+                    } else {
+                        Value::Text(s.replace(&old, &new))
+                    }
                 }
-            }))
+            }
         },
     },
     Function {
@@ -559,7 +597,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "REPLACE(text, start, count, new)",
         example: r#"REPLACE(code, 1, 2, "XX")"#,
         sql: |c, _, a| {
-            c.sql("overlay(");
+            c.sql("panels_text_cap(overlay(");
             c.arg(&A::Text(&a[0]));
             c.sql(" placing ");
             c.arg(&A::TextOr(&a[3]));
@@ -567,19 +605,23 @@ pub(crate) static FUNCTIONS: &[Function] = &[
             position_sql(c, &a[1]);
             c.sql(" for ");
             count_sql(c, Some(&a[2]));
-            c.sql(")");
+            c.sql("))");
         },
-        eval: |ev, _, a| {
+        eval: |ev, e, a| {
             let s = ev.text(&a[0]);
             let start = position_eval(ev, &a[1]) as usize;
             let count = count_eval(ev, Some(&a[2])) as usize;
             let new = ev.text_or_empty(&a[3]);
-            text(s.map(|s| {
-                let mut out: String = s.chars().take(start - 1).collect();
-                out.push_str(&new);
-                out.extend(s.chars().skip(start - 1 + count));
-                out
-            }))
+            let Some(s) = s else {
+                return Value::Blank;
+            };
+            let mut out: String = s.chars().take(start - 1).collect();
+            out.push_str(&new);
+            out.extend(s.chars().skip(start - 1 + count));
+            if out.len() > MAX_TEXT_BYTES {
+                return ev.too_long(e.span);
+            }
+            Value::Text(out)
         },
     },
     Function {

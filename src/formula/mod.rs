@@ -31,7 +31,8 @@ pub use deps::find_cycle;
 pub use eval::{Row, evaluate, evaluate_with_warnings};
 pub use parse::{BinaryOp, Call, Expr, ExprKind};
 pub use sql::{
-    ColumnSql, JsonbColumns, SqlBuilder, SqlParam, compile_sql, jsonb_reader, safe_cast_sql,
+    ColumnSql, JsonbColumns, SqlBuilder, SqlParam, compile_sql, compiled_len, jsonb_reader,
+    safe_cast_sql,
 };
 
 /// Longest accepted formula, in characters.
@@ -40,6 +41,16 @@ pub const MAX_FORMULA_CHARS: usize = 4096;
 pub const MAX_DEPTH: usize = 64;
 /// Largest accepted AST.
 pub const MAX_NODES: usize = 1000;
+/// Longest text a formula works with, in bytes (UTF-8): a longer result of a concatenation,
+/// SUBSTITUTE or REPLACE, and a longer text read from a column, is a failure of the cell (blank,
+/// with a warning), in SQL (`panels_text_cap`) and in the evaluator alike. Every intermediate
+/// value of a row is thereby bounded, however the formulas nest.
+pub const MAX_TEXT_BYTES: usize = 65_536;
+/// Largest SQL all the calculated columns of one panel may compile to, in bytes; a column that
+/// would take a panel past it is refused (`FORMULA_TOO_COMPLEX`). Each column is compiled once
+/// (the rows query computes each once per row and refers to it by name), so this grows with the
+/// sum of the formulas, never with how they refer to each other.
+pub const MAX_PANEL_FORMULA_SQL: usize = 256 * 1024;
 
 /// The type of a formula value (and of a column, once mapped by
 /// [`value_type_for_column_type`]).

@@ -63,7 +63,8 @@ impl SqlBuilder {
 
 /// How the caller reads a column. The SQL written must have the column's type
 /// ([`ValueType::sql_type`]) and must never raise, whatever the stored data is (see
-/// [`safe_cast_sql`] and [`JsonbColumns`]). The column name must go in as a parameter.
+/// [`safe_cast_sql`] and [`JsonbColumns`]); a text longer than [`super::MAX_TEXT_BYTES`] must
+/// read as NULL (the evaluator fails such a cell). The column name must go in as a parameter.
 pub trait ColumnSql {
     fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder);
 }
@@ -96,13 +97,34 @@ pub struct JsonbColumns<'a> {
 
 impl ColumnSql for JsonbColumns<'_> {
     fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
+        if ty == ValueType::Text {
+            out.push_sql("panels_text_cap(");
+        }
         out.push_sql(jsonb_reader(ty));
         out.push_sql("((");
         out.push_sql(self.row);
         out.push_sql(") -> ");
         out.push_param(SqlParam::Text(name.to_string()));
         out.push_sql(")");
+        if ty == ValueType::Text {
+            out.push_sql(")");
+        }
     }
+}
+
+/// How long a formula's SQL is when every column it reads is a name of a few characters (as in
+/// the rows query, where each column is computed once and referred to by name): the measure of a
+/// panel's [`super::MAX_PANEL_FORMULA_SQL`].
+pub fn compiled_len(checked: &Checked) -> usize {
+    struct ByName;
+    impl ColumnSql for ByName {
+        fn column_sql(&self, _: &str, _: ValueType, out: &mut SqlBuilder) {
+            out.push_sql("c00.v");
+        }
+    }
+    let mut out = SqlBuilder::new(1);
+    compile_sql(checked, &ByName, &mut out);
+    out.sql.len()
 }
 
 /// Appends the SQL for a checked formula; the expression has type
@@ -275,9 +297,11 @@ impl SqlCompiler<'_> {
             BinaryOp::Mul => "panels_mul",
             BinaryOp::Div => "panels_div",
             BinaryOp::Concat => {
+                self.sql("panels_text_cap(");
                 self.arg(&A::AnyTextOr(l));
                 self.sql(" || ");
                 self.arg(&A::AnyTextOr(r));
+                self.sql(")");
                 return;
             }
             _ => return self.compare(op, l, r),
@@ -364,6 +388,24 @@ mod tests {
             out.sql
         );
         assert!(out.params.is_empty());
+    }
+
+    #[test]
+    fn concatenation_is_capped_at_every_level() {
+        let checked = analyze(
+            "CONCAT('a', n) & 'b' & SUBSTITUTE('x', 'x', 'y')",
+            &schema(),
+        )
+        .expect("valid");
+        let mut out = SqlBuilder::new(1);
+        compile_sql(&checked, &JsonbColumns { row: "r.data" }, &mut out);
+        assert_eq!(
+            out.sql.matches("panels_text_cap(").count(),
+            3,
+            "{}",
+            out.sql
+        );
+        assert!(out.sql.contains("panels_substitute("), "{}", out.sql);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! SQL of panel rows: one query per page that projects every base column (read from the
 //! record's JSONB and coerced to the column's type without ever raising) and every calculated
-//! column (its formula compiled to SQL), keyset-paginated on the row id.
+//! column (its formula compiled to SQL, computed once per row), keyset-paginated on the row id.
 
 use std::collections::HashMap;
 
@@ -45,16 +45,22 @@ pub async fn sample(
     .await
 }
 
-/// Reads base columns from `r.data`, and calculated columns by inlining their compiled formulas.
+/// How the page query reads columns. Every value is computed once per row and then referred to by
+/// name: the base columns in two laterals (`j`: each field's raw JSONB, `b`: each read as its
+/// type), and each calculated column in a lateral of its own (`c0`, `c1`, …, in dependency order),
+/// whose formula refers to the base and calculated columns it uses by their lateral's name. So the
+/// SQL grows with the sum of the formulas, however they refer to each other (a chain of
+/// `c2 = c1 & c1` stays linear), and PostgreSQL computes each cell once. `offset 0` keeps the
+/// planner from folding a lateral into its users, which would copy the expression into each.
 struct Projection<'a> {
-    by_name: HashMap<&'a str, &'a ColumnDef>,
-    checked: &'a HashMap<String, Checked>,
+    base: HashMap<&'a str, usize>,
+    calculated: HashMap<&'a str, (usize, ValueType)>,
 }
 
 impl Projection<'_> {
     /// The raw JSONB of a base column (`r.data -> 'field'` or `r.data #> path`), limited to rows of
     /// the column's own data source when it names one.
-    fn raw(&self, column: &ColumnDef, out: &mut SqlBuilder) {
+    fn raw(column: &ColumnDef, out: &mut SqlBuilder) {
         if let Some(ds) = column.data_source_id {
             // An id from our own table, not user text.
             out.push_sql(&format!("(case when r.data_source_id = {ds} then "));
@@ -81,25 +87,74 @@ impl Projection<'_> {
 
 impl ColumnSql for Projection<'_> {
     fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
-        match self.by_name.get(name) {
-            Some(column) if column.kind == "base" => {
-                out.push_sql(formula::jsonb_reader(ty));
-                out.push_sql("(");
-                self.raw(column, out);
-                out.push_sql(")");
+        if let Some(&i) = self.base.get(name) {
+            if ty == ValueType::Text {
+                // A text too long for a formula reads as blank (the evaluator fails the cell).
+                out.push_sql(&format!(
+                    "(case when octet_length(b.b{i}) <= {} then b.b{i} end)",
+                    formula::MAX_TEXT_BYTES
+                ));
+            } else {
+                out.push_sql(&format!("b.b{i}"));
             }
-            Some(column) => match self.checked.get(&column.name) {
-                // Acyclic by construction (cycles are refused at write time).
-                Some(checked) if checked.result_type == ty => {
-                    out.push_sql("(");
-                    formula::compile_sql(checked, self, out);
-                    out.push_sql(")");
-                }
-                _ => out.push_sql(&format!("null::{}", ty.sql_type())),
-            },
-            None => out.push_sql(&format!("null::{}", ty.sql_type())),
+            return;
+        }
+        match self.calculated.get(name) {
+            Some(&(i, own)) if own == ty => out.push_sql(&format!("c{i}.v")),
+            _ => out.push_sql(&format!("null::{}", ty.sql_type())),
         }
     }
+}
+
+/// The calculated columns that can be computed, dependencies first: a column whose formula no
+/// longer checks, or that sits on a cycle (refused when written, so only through a stale
+/// database), is left out and reads as null.
+fn dependency_order<'a>(
+    columns: &'a [ColumnDef],
+    checked: &'a HashMap<String, Checked>,
+) -> Vec<&'a ColumnDef> {
+    let by_name: HashMap<&str, &ColumnDef> = columns
+        .iter()
+        .filter(|c| c.kind == "calculated" && checked.contains_key(&c.name))
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    // 0: not seen, 1: on the current path, 2: placed (or left out).
+    let mut state: HashMap<&str, u8> = HashMap::new();
+    let mut order = Vec::new();
+    fn visit<'a>(
+        name: &'a str,
+        by_name: &HashMap<&'a str, &'a ColumnDef>,
+        checked: &'a HashMap<String, Checked>,
+        state: &mut HashMap<&'a str, u8>,
+        order: &mut Vec<&'a ColumnDef>,
+    ) -> bool {
+        match state.get(name) {
+            Some(1) => return false,
+            Some(_) => return order.iter().any(|c| c.name == name),
+            None => {}
+        }
+        state.insert(name, 1);
+        let mut ok = true;
+        if let Some(c) = checked.get(name) {
+            for dep in &c.dependencies {
+                if by_name.contains_key(dep.as_str()) {
+                    ok &= visit(dep, by_name, checked, state, order);
+                }
+            }
+        }
+        state.insert(name, 2);
+        if ok && let Some(column) = by_name.get(name) {
+            order.push(column);
+        }
+        ok
+    }
+    for column in columns
+        .iter()
+        .filter(|c| by_name.contains_key(c.name.as_str()))
+    {
+        visit(&column.name, &by_name, checked, &mut state, &mut order);
+    }
+    order
 }
 
 /// The page query and its arguments: `(id, record_key, data_source_id, values jsonb, bad int[])`,
@@ -111,65 +166,89 @@ pub fn page_query(
     columns: &[ColumnDef],
     checked: &HashMap<String, Checked>,
 ) -> (String, PgArguments) {
+    let base: Vec<&ColumnDef> = columns.iter().filter(|c| c.kind == "base").collect();
+    let order = dependency_order(columns, checked);
     let projection = Projection {
-        by_name: columns.iter().map(|c| (c.name.as_str(), c)).collect(),
-        checked,
+        base: base
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect(),
+        calculated: order
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), (i, checked[&c.name].result_type)))
+            .collect(),
     };
     let mut out = SqlBuilder::new(5);
+    let mut from = String::from("panel_row r");
+    if !base.is_empty() {
+        let mut raw = Vec::new();
+        let mut typed = Vec::new();
+        for (i, column) in base.iter().enumerate() {
+            let mut piece = SqlBuilder::new(out.next_placeholder());
+            Projection::raw(column, &mut piece);
+            raw.push(format!("{} as j{i}", piece.sql));
+            out.params.extend(piece.params);
+            typed.push(format!(
+                "{}(j.j{i}) as b{i}",
+                formula::jsonb_reader(column.value_type())
+            ));
+        }
+        from.push_str(&format!(
+            " cross join lateral (select {} offset 0) j cross join lateral (select {} offset 0) b",
+            raw.join(", "),
+            typed.join(", ")
+        ));
+    }
+    for (i, column) in order.iter().enumerate() {
+        let mut piece = SqlBuilder::new(out.next_placeholder());
+        formula::compile_sql(&checked[&column.name], &projection, &mut piece);
+        from.push_str(&format!(
+            " cross join lateral (select {} as v offset 0) c{i}",
+            piece.sql
+        ));
+        out.params.extend(piece.params);
+    }
+
     // jsonb_build_object takes at most 100 arguments: 40 columns per call, joined with ||.
     let mut values = Vec::new();
     for chunk in columns.chunks(40) {
-        let mut part = String::from("jsonb_build_object(");
-        let mut first = true;
+        let mut parts = Vec::new();
         for column in chunk {
-            if !first {
-                part.push_str(", ");
-            }
-            first = false;
             let mut piece = SqlBuilder::new(out.next_placeholder());
             piece.push_param(SqlParam::Text(column.name.clone()));
             piece.push_sql(", ");
             let ty = column.value_type();
-            if column.kind == "calculated" && !checked.contains_key(&column.name) {
-                piece.push_sql(&format!("null::{}", ty.sql_type()));
-            } else {
-                projection.column_sql(&column.name, ty, &mut piece);
+            match (
+                column.kind.as_str(),
+                projection.base.get(column.name.as_str()),
+            ) {
+                ("base", Some(i)) => piece.push_sql(&format!("b.b{i}")),
+                _ => projection.column_sql(&column.name, ty, &mut piece),
             }
-            part.push_str(&piece.sql);
+            parts.push(piece.sql);
             out.params.extend(piece.params);
         }
-        part.push(')');
-        values.push(part);
+        values.push(format!("jsonb_build_object({})", parts.join(", ")));
     }
     let values = if values.is_empty() {
         "'{}'::jsonb".to_owned()
     } else {
         values.join(" || ")
     };
-
-    let mut bad = Vec::new();
-    for column in columns.iter().filter(|c| c.kind == "base") {
-        let mut piece = SqlBuilder::new(out.next_placeholder());
-        let ty = column.value_type();
-        piece.push_sql("(case when jsonb_typeof(");
-        projection.raw(column, &mut piece);
-        piece.push_sql(") <> 'null' and ");
-        piece.push_sql(formula::jsonb_reader(ty));
-        piece.push_sql("(");
-        projection.raw(column, &mut piece);
-        piece.push_sql(") is null then 1 else 0 end)");
-        bad.push(piece.sql);
-        out.params.extend(piece.params);
-    }
-    let bad = if bad.is_empty() {
+    let bad = if base.is_empty() {
         "array[]::int[]".to_owned()
     } else {
-        format!("array[{}]", bad.join(", "))
+        let flags: Vec<String> = (0..base.len())
+            .map(|i| format!("(case when jsonb_typeof(j.j{i}) <> 'null' and b.b{i} is null then 1 else 0 end)"))
+            .collect();
+        format!("array[{}]", flags.join(", "))
     };
 
     let sql = format!(
         "select r.id, r.record_key, r.data_source_id, {values} as values, {bad} as bad
-         from panel_row r where r.tenant_id = $1 and r.panel_id = $2 and r.id > $3 order by r.id limit $4"
+         from {from} where r.tenant_id = $1 and r.panel_id = $2 and r.id > $3 order by r.id limit $4"
     );
     let mut args = PgArguments::default();
     // Encoding these plain values into arguments cannot fail.
@@ -185,6 +264,33 @@ pub fn page_query(
         };
     }
     (sql, args)
+}
+
+/// What the panel's calculated columns compile to, in bytes of SQL, each compiled once as the
+/// rows query does: the measure of [`formula::MAX_PANEL_FORMULA_SQL`].
+pub fn compiled_size(columns: &[ColumnDef], checked: &HashMap<String, Checked>) -> usize {
+    let base: Vec<&ColumnDef> = columns.iter().filter(|c| c.kind == "base").collect();
+    let order = dependency_order(columns, checked);
+    let projection = Projection {
+        base: base
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), i))
+            .collect(),
+        calculated: order
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.as_str(), (i, checked[&c.name].result_type)))
+            .collect(),
+    };
+    order
+        .iter()
+        .map(|column| {
+            let mut piece = SqlBuilder::new(1);
+            formula::compile_sql(&checked[&column.name], &projection, &mut piece);
+            piece.sql.len()
+        })
+        .sum()
 }
 
 #[derive(Debug, sqlx::FromRow)]

@@ -103,13 +103,16 @@ pub async fn list(
     })
 }
 
-/// One stored record, read as the panel's columns see it (for in-process evaluation).
+/// One stored record, read as the panel's columns see it (for in-process evaluation). Each
+/// calculated column is evaluated once per row and remembered, so a chain of columns that refer
+/// to each other costs their sum, not a product (`c2 = CONCAT(c1, c1)` evaluates `c1` once).
 struct RecordRow<'a> {
     data: &'a Value,
     data_source_id: i64,
     columns: &'a HashMap<&'a str, &'a ColumnDef>,
     checked: &'a HashMap<String, Checked>,
     now: chrono::DateTime<Utc>,
+    memo: std::cell::RefCell<HashMap<String, formula::Value>>,
 }
 
 impl formula::Row for RecordRow<'_> {
@@ -118,10 +121,17 @@ impl formula::Row for RecordRow<'_> {
             return formula::Value::Blank;
         };
         if column.kind == "calculated" {
-            return match self.checked.get(name) {
+            if let Some(value) = self.memo.borrow().get(name) {
+                return value.clone();
+            }
+            let value = match self.checked.get(name) {
                 Some(checked) => formula::evaluate(checked, self, self.now),
                 None => formula::Value::Blank,
             };
+            self.memo
+                .borrow_mut()
+                .insert(name.to_owned(), value.clone());
+            return value;
         }
         if column
             .data_source_id
@@ -187,32 +197,45 @@ pub async fn check(
             });
         }
     }
-    let (all_checked, _) = check_all(&columns);
-    let by_name: HashMap<&str, &ColumnDef> = columns.iter().map(|c| (c.name.as_str(), c)).collect();
-    let now = Utc::now();
-    let samples = samples
-        .iter()
-        .map(|(id, key, ds, data)| {
-            let row = RecordRow {
-                data,
-                data_source_id: *ds,
-                columns: &by_name,
-                checked: &all_checked,
-                now,
-            };
-            let (value, warnings) = formula::evaluate_with_warnings(&checked, &row, now);
-            FormulaSample {
-                row_id: *id,
-                key: key.clone(),
-                value: value.to_json(),
-                warnings,
-            }
-        })
-        .collect();
+    let (result_type, dependencies) = (
+        checked.result_type.name().to_owned(),
+        checked.dependencies.clone(),
+    );
+    // The evaluation is CPU work bounded by the formulas' size: off the async workers, and under
+    // the request's deadline like everything else.
+    let evaluation = tokio::task::spawn_blocking(move || {
+        let (all_checked, _) = check_all(&columns);
+        let by_name: HashMap<&str, &ColumnDef> =
+            columns.iter().map(|c| (c.name.as_str(), c)).collect();
+        let now = Utc::now();
+        samples
+            .iter()
+            .map(|(id, key, ds, data)| {
+                let row = RecordRow {
+                    data,
+                    data_source_id: *ds,
+                    columns: &by_name,
+                    checked: &all_checked,
+                    now,
+                    memo: Default::default(),
+                };
+                let (value, warnings) = formula::evaluate_with_warnings(&checked, &row, now);
+                FormulaSample {
+                    row_id: *id,
+                    key: key.clone(),
+                    value: value.to_json(),
+                    warnings,
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    let samples = evaluation
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("formula evaluation failed: {e}")))?;
     Ok(FormulaCheckResponse {
         valid: true,
-        result_type: checked.result_type.name().to_owned(),
-        dependencies: checked.dependencies,
+        result_type,
+        dependencies,
         samples,
     })
 }

@@ -264,3 +264,109 @@ async fn the_formula_check_gives_type_dependencies_and_sample_values() {
         .await;
     res.assert_error(400, "FORMULA_UNKNOWN_COLUMN");
 }
+
+/// Issue 16, item 3: one tenant could stop the whole server with `c1 = CONCAT(a, a)`,
+/// `c2 = CONCAT(c1, c1)`, … `c30`: the rows query grew exponentially (7.5 GB, no answer in 30 s)
+/// and the formula check pinned a runtime thread. Each column is now computed once per row, a
+/// text past 65,536 bytes fails its cell, and the check runs off the async workers: the page and
+/// the check answer at once, and the server keeps serving meanwhile.
+#[tokio::test]
+async fn a_chain_of_doubling_formulas_is_linear_and_bounded() {
+    let g = given().await;
+    g.base("a", "text", "a").await;
+    g.push(json!([{"mrn": "1", "a": "x"}])).await;
+    let mut previous = "a".to_owned();
+    for i in 1..=30 {
+        let name = format!("c{i}");
+        g.calculated(&name, "text", &format!("CONCAT({previous}, {previous})"))
+            .await;
+        previous = name;
+    }
+    let rows = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        g.app
+            .get(&format!("/api/panels/{}/rows", g.panel))
+            .bearer(&g.token)
+            .send(),
+    )
+    .await
+    .expect("the page answers in time");
+    assert_eq!(
+        rows.status,
+        200,
+        "{}",
+        &rows.text[..rows.text.len().min(500)]
+    );
+    let values = &rows.body["rows"][0]["values"];
+    assert_eq!(values["c16"].as_str().map(str::len), Some(65_536));
+    assert_eq!(
+        values["c17"],
+        Value::Null,
+        "past 65,536 bytes the cell fails"
+    );
+
+    let health = g.app.get("/health");
+    let check = g
+        .app
+        .post(&format!("/api/panels/{}/formulas/check", g.panel))
+        .bearer(&g.token)
+        .json(&json!({"formula": "CONCAT(c30, c30)", "sampleSize": 20}))
+        .send();
+    let (health, check) = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        tokio::join!(health.send(), check)
+    })
+    .await
+    .expect("both answer in time");
+    assert_eq!(health.status, 200);
+    assert_eq!(check.status, 200, "{}", check.text);
+    // The evaluator agrees with SQL: c17 failed, so c30 is built from blanks.
+    assert_eq!(check.body["samples"][0]["value"], "", "{}", check.text);
+    let sixteen = g
+        .app
+        .post(&format!("/api/panels/{}/formulas/check", g.panel))
+        .bearer(&g.token)
+        .json(&json!({"formula": "LEN(c16) & '/' & ISBLANK(c17)"}))
+        .send()
+        .await;
+    assert_eq!(
+        sixteen.body["samples"][0]["value"], "65536/TRUE",
+        "{}",
+        sixteen.text
+    );
+}
+
+/// Item 3: the SQL a panel's formulas compile to is capped: the column that would pass the cap
+/// is refused with `FORMULA_TOO_COMPLEX`, naming it; the panel keeps answering.
+#[tokio::test]
+async fn a_panel_whose_formulas_would_compile_too_large_refuses_the_column() {
+    let g = given().await;
+    g.base("a", "text", "a").await;
+    // 330 concatenations in one CONCAT: about the largest formula the language accepts.
+    let big = format!("CONCAT({})", vec!["a & a"; 330].join(", "));
+    let mut refused = None;
+    for i in 0..40 {
+        let name = format!("big{i}");
+        let res = g
+            .app
+            .post(&format!("/api/panels/{}/columns/calculated", g.panel))
+            .bearer(&g.token)
+            .json(&json!({"name": name, "type": "text", "formula": big, "properties": {}}))
+            .send()
+            .await;
+        if res.status != 201 {
+            res.assert_error(400, "FORMULA_TOO_COMPLEX");
+            assert!(res.text.contains(&name), "{}", res.text);
+            refused = Some(i);
+            break;
+        }
+    }
+    let refused = refused.expect("the cap was reached");
+    assert!(refused >= 2, "several large formulas fit first ({refused})");
+    let rows = g
+        .app
+        .get(&format!("/api/panels/{}/rows", g.panel))
+        .bearer(&g.token)
+        .send()
+        .await;
+    assert_eq!(rows.status, 200);
+}
