@@ -251,8 +251,8 @@ async fn ensure_envelope(response: Response) -> Response {
     rebuilt
 }
 
-/// The request's limits: its time (`REQUEST_TIMEOUT_MS`, answered 503 `REQUEST_TIMEOUT`) and its
-/// body. Uploads and pushes have body limits of their own, everything else `MAX_BODY_BYTES`. A
+/// The request's limits: its time (`REQUEST_TIMEOUT_MS`, or `UPLOAD_TIMEOUT_MS` for an upload;
+/// answered 503 `REQUEST_TIMEOUT`) and its body. Uploads and pushes have body limits of their own, everything else `MAX_BODY_BYTES`. A
 /// declared length over the cap is refused at once; a streamed body is cut off where it passes the
 /// cap (the extractor or the upload then answers 413).
 async fn limits(
@@ -261,7 +261,8 @@ async fn limits(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let limit = if path.ends_with("/upload") {
+    let upload = path.ends_with("/upload");
+    let limit = if upload {
         config.upload_max_bytes
     } else if path.ends_with("/records") {
         config.push_max_bytes
@@ -277,7 +278,12 @@ async fn limits(
         return ApiError::PayloadTooLarge { limit }.into_response();
     }
     let request = request.map(|body| Body::new(http_body_util::Limited::new(body, limit)));
-    let timeout = config.request_timeout;
+    // An upload of hundreds of megabytes takes longer than an ordinary request may.
+    let timeout = if upload {
+        config.upload_timeout
+    } else {
+        config.request_timeout
+    };
     match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable {

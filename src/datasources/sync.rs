@@ -473,6 +473,67 @@ async fn finish_run(
     Ok(counts)
 }
 
+/// A run this request started and has not ended yet. Dropped before [`Unfinished::disarm`] (the
+/// request's future was dropped: the client disconnected or the deadline passed), it ends the
+/// run as dead at once, so the source is free again instead of held for the run's lease.
+struct Unfinished {
+    state: AppState,
+    tenant: TenantId,
+    run_id: i64,
+    worker: &'static str,
+    armed: bool,
+}
+
+impl Unfinished {
+    fn new(state: &AppState, tenant: &TenantId, run_id: i64, worker: &'static str) -> Self {
+        Self {
+            state: state.clone(),
+            tenant: tenant.clone(),
+            run_id,
+            worker,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (state, tenant, run_id, worker) =
+            (self.state.clone(), self.tenant.clone(), self.run_id, self.worker);
+        runtime.spawn(async move {
+            let outcome = runs::Outcome {
+                status: "dead",
+                inserted: 0,
+                updated: 0,
+                unchanged: 0,
+                deleted: 0,
+                errors: json!([]),
+                last_error: Some("the request ended before the run did (interrupted)".to_owned()),
+                retry_at: None,
+            };
+            let ended = async {
+                let mut tx = state.db.begin(&tenant).await?;
+                runs::finish(&mut tx, &tenant, run_id, worker, &outcome).await?;
+                tx.commit().await
+            }
+            .await;
+            if let Err(err) = ended {
+                tracing::warn!(%err, run_id, "could not end an interrupted run");
+            }
+        });
+    }
+}
+
 /// `POST .../upload`: reads the file from the request as it arrives and syncs it, in this request.
 #[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
 pub async fn upload<R: AsyncRead + Unpin + Send>(
@@ -502,6 +563,9 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
     let run =
         runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "upload", "upload").await?;
     tx.commit().await?;
+    // Should this request end before the run does (the client went away, the deadline passed),
+    // the run ends as failed at once rather than holding the source for its lease.
+    let mut guard = Unfinished::new(state, &principal.tenant, run.id, "upload");
     let mut sink = Sink::new(
         state.db.clone(),
         principal.tenant.clone(),
@@ -513,7 +577,7 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
     )
     .track_seen(common.delete_missing);
     let pulled = connector.pull(&mut sink).await;
-    finish_run(
+    let finished = finish_run(
         state,
         &principal.tenant,
         run.id,
@@ -525,7 +589,9 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
         common.delete_missing,
         None,
     )
-    .await?;
+    .await;
+    guard.disarm();
+    finished?;
     let run = find_run(state, &principal.tenant, run.id).await?;
     let source = load(state, principal, panel_id, id).await?;
     Ok(result(&source, run))
@@ -564,6 +630,7 @@ pub async fn push(
     let run =
         runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "push", "push").await?;
     tx.commit().await?;
+    let mut guard = Unfinished::new(state, &principal.tenant, run.id, "push");
     let mut sink = Sink::new(
         state.db.clone(),
         principal.tenant.clone(),
@@ -594,7 +661,9 @@ pub async fn push(
         false,
         None,
     )
-    .await?;
+    .await;
+    guard.disarm();
+    let counts = counts?;
     let run = find_run(state, &principal.tenant, run.id).await?;
     if run.status != "succeeded" {
         return Err(ApiError::Internal(anyhow::anyhow!(

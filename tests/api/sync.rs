@@ -815,3 +815,128 @@ async fn scheduled_sources_are_enqueued_when_due() {
     assert_eq!(run["trigger"], "schedule");
     assert_eq!(g.row_count(&owner, ds).await, 5);
 }
+
+/// The peak resident memory of this test process (the server runs in it), in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A body sent as a stream of chunks produced on the fly (never whole in the test's memory).
+fn streamed(chunks: impl Iterator<Item = Vec<u8>> + Send + 'static) -> reqwest::Body {
+    let stream = futures::stream::iter(chunks.map(Ok::<_, std::io::Error>));
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// Issue 16, item 10: a JSON upload was read whole (a 250 MB file cost gigabytes). It is now split
+/// into records as it arrives: a 200 MB document whose first record is 200 MB is read through
+/// with a bounded buffer (that record reported as too large), and the records after it land.
+#[tokio::test]
+async fn a_json_upload_is_read_as_it_arrives_with_bounded_memory() {
+    let g = given(&[]).await;
+    let ds = g
+        .source("file", json!({"format": "json", "keyField": "id"}))
+        .await;
+    let chunk = vec![b'x'; 1 << 20];
+    let head = b"{\"note\": \"skipped\", \"records\": [{\"id\": 0, \"big\": \"".to_vec();
+    let tail = b"\"}, {\"id\": 1, \"name\": \"Ada\"}, {\"id\": 2, \"name\": \"Grace\"}, not-json, 3]}".to_vec();
+    let body = std::iter::once(head)
+        .chain(std::iter::repeat_n(chunk, 200))
+        .chain(std::iter::once(tail));
+    let before = peak_rss();
+    let res = g
+        .app
+        .post(&format!("/api/panels/{}/datasources/{ds}/upload", g.panel))
+        .bearer(&g.token)
+        .body("application/json", streamed(body))
+        .send()
+        .await;
+    let grown = peak_rss().saturating_sub(before);
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.body["inserted"], 2, "{}", res.text);
+    let errors = res.body["run"]["errors"].as_array().expect("errors").clone();
+    let lines: Vec<i64> = errors.iter().filter_map(|e| e["line"].as_i64()).collect();
+    assert_eq!(lines, vec![1, 4, 5], "{errors:?}");
+    assert!(
+        errors[0]["message"].as_str().is_some_and(|m| m.contains("larger than")),
+        "{errors:?}"
+    );
+    assert!(
+        grown < 120 * 1024 * 1024,
+        "a 200 MB upload grew the process by {} MB",
+        grown >> 20
+    );
+}
+
+/// Item 10: an upload has its own deadline (`UPLOAD_TIMEOUT_MS`), not the request timeout; and an
+/// upload that ends early (past its deadline, or a client that goes away) ends its run at once,
+/// so the source takes the next upload straight away instead of after the run's lease.
+#[tokio::test]
+async fn uploads_have_their_own_deadline_and_an_interrupted_one_frees_its_source() {
+    let g = given(&[
+        ("REQUEST_TIMEOUT_MS", "1000"),
+        ("DATABASE_ACQUIRE_TIMEOUT_MS", "500"),
+        ("SYNC_WAIT_MS", "500"),
+        ("UPLOAD_TIMEOUT_MS", "3000"),
+    ])
+    .await;
+    let ds = g
+        .source("file", json!({"format": "csv", "keyField": "id"}))
+        .await;
+    let slow = |lines: u32, pause_ms: u64| {
+        let stream = futures::stream::unfold(0u32, move |i| async move {
+            if i > lines {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            let line = if i == 0 { "id,name\n".to_owned() } else { format!("{i},n{i}\n") };
+            Some((Ok::<_, std::io::Error>(line.into_bytes()), i + 1))
+        });
+        reqwest::Body::wrap_stream(stream)
+    };
+    let path = format!("/api/panels/{}/datasources/{ds}/upload", g.panel);
+    // 2 s of upload: over the request timeout, within the upload's.
+    let res = g.app.post(&path).bearer(&g.token).body("text/csv", slow(10, 200)).send().await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.body["inserted"], 10, "{}", res.text);
+
+    // Past the upload deadline: 503, and the run is over at once.
+    let res = g.app.post(&path).bearer(&g.token).body("text/csv", slow(40, 100)).send().await;
+    res.assert_error(503, "REQUEST_TIMEOUT");
+    let mut ended = false;
+    for _ in 0..30 {
+        if g.runs(ds).await.first().is_some_and(|r| r["status"] == "dead") {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the interrupted run still holds the source: {:?}", g.runs(ds).await.first());
+    let res = g.app.post(&path).bearer(&g.token).body("text/csv", "id,name\n1,a\n").send().await;
+    assert_eq!(res.status, 200, "the source is free again: {}", res.text);
+
+    // A client that goes away mid-upload.
+    let client = reqwest::Client::new();
+    let request = client
+        .post(format!("{}{path}", g.app.base))
+        .bearer_auth(&g.token)
+        .header("content-type", "text/csv")
+        .body(slow(1000, 50))
+        .send();
+    let _ = tokio::time::timeout(Duration::from_millis(600), request).await;
+    let mut ended = false;
+    for _ in 0..30 {
+        if g.runs(ds).await.first().is_some_and(|r| r["status"] == "dead") {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ended, "the abandoned upload still holds the source");
+}

@@ -3,9 +3,10 @@
 //! rest goes on, unless the source says `"onError": "abort"`.
 
 use serde_json::{Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::Mutex;
 
+use super::json_stream::{MAX_RECORD_BYTES, Piece, Splitter};
 use super::{Connector, Sink, SyncError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,12 @@ impl<R: AsyncRead + Unpin + Send> Connector for FileConnector<R> {
 
 impl<R: AsyncRead + Unpin + Send> FileConnector<R> {
     async fn pull_csv(&self, body: R, sink: &mut Sink) -> Result<(), SyncError> {
+        // The CSV reader keeps a whole record: a line longer than a record may be ends the upload
+        // instead of growing it without bound.
+        let body = BoundedLines {
+            inner: body,
+            since_newline: 0,
+        };
         let mut reader = csv_async::AsyncReaderBuilder::new()
             .delimiter(self.delimiter)
             .flexible(true)
@@ -181,62 +188,147 @@ impl<R: AsyncRead + Unpin + Send> FileConnector<R> {
         Ok(())
     }
 
-    async fn pull_ndjson(&self, body: R, sink: &mut Sink) -> Result<(), SyncError> {
-        let mut lines = BufReader::new(body).split(b'\n');
-        let mut line = 0u64;
-        while let Some(bytes) = lines
-            .next_segment()
-            .await
-            .map_err(|e| SyncError::Source(format!("reading the upload failed: {e}")))?
-        {
-            line += 1;
-            let text = match self.decode(&bytes) {
-                Ok(text) => text,
-                Err(e) => {
-                    sink.row_error(line, e).await?;
-                    continue;
+    /// One record per line, read as the body arrives; a line longer than [`MAX_RECORD_BYTES`] is
+    /// reported and skipped without being kept.
+    async fn pull_ndjson(&self, mut body: R, sink: &mut Sink) -> Result<(), SyncError> {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut line = Vec::new();
+        let mut oversized = false;
+        let mut number = 0u64;
+        loop {
+            let n = body.read(&mut buf).await.map_err(read_failed)?;
+            if n == 0 {
+                break;
+            }
+            for part in buf[..n].split_inclusive(|b| *b == b'\n') {
+                let ends = part.last() == Some(&b'\n');
+                let text = if ends { &part[..part.len() - 1] } else { part };
+                if !oversized {
+                    if line.len() + text.len() > MAX_RECORD_BYTES {
+                        oversized = true;
+                        line = Vec::new();
+                    } else {
+                        line.extend_from_slice(text);
+                    }
                 }
-            };
-            let text = text.trim();
-            if text.is_empty() {
-                continue;
+                if ends {
+                    number += 1;
+                    self.ndjson_line(number, &line, oversized, sink).await?;
+                    line.clear();
+                    oversized = false;
+                }
             }
-            match serde_json::from_str::<Value>(text) {
-                Ok(record) => sink.record(line, record).await?,
-                Err(e) => sink.row_error(line, format!("invalid JSON: {e}")).await?,
-            }
+        }
+        if !line.is_empty() || oversized {
+            number += 1;
+            self.ndjson_line(number, &line, oversized, sink).await?;
         }
         Ok(())
     }
 
-    async fn pull_json(&self, mut body: R, sink: &mut Sink) -> Result<(), SyncError> {
-        let mut bytes = Vec::new();
-        body.read_to_end(&mut bytes)
-            .await
-            .map_err(|e| SyncError::Source(format!("reading the upload failed: {e}")))?;
-        let text = self.decode(&bytes).map_err(SyncError::Source)?;
-        drop(bytes);
-        let document: Value = serde_json::from_str(&text)
-            .map_err(|e| SyncError::Source(format!("invalid JSON: {e}")))?;
-        let records = match document {
-            Value::Array(items) => items,
-            Value::Object(mut map) => match map.remove("records") {
-                Some(Value::Array(items)) => items,
-                _ => {
-                    return Err(SyncError::Source(
-                        "expected a JSON array of records (or {\"records\": [...]})".to_owned(),
-                    ));
-                }
-            },
-            _ => {
-                return Err(SyncError::Source(
-                    "expected a JSON array of records".to_owned(),
-                ));
-            }
+    async fn ndjson_line(
+        &self,
+        number: u64,
+        bytes: &[u8],
+        oversized: bool,
+        sink: &mut Sink,
+    ) -> Result<(), SyncError> {
+        if oversized {
+            return sink.row_error(number, too_large()).await;
+        }
+        let text = match self.decode(bytes) {
+            Ok(text) => text,
+            Err(e) => return sink.row_error(number, e).await,
         };
-        for (i, record) in records.into_iter().enumerate() {
-            sink.record(i as u64 + 1, record).await?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(());
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(record) => sink.record(number, record).await,
+            Err(e) => sink.row_error(number, format!("invalid JSON: {e}")).await,
+        }
+    }
+
+    /// A JSON array of records (or `{"records": [...]}`), split into records as the body arrives
+    /// ([`json_stream`]): memory holds one record, however large the upload.
+    async fn pull_json(&self, mut body: R, sink: &mut Sink) -> Result<(), SyncError> {
+        let mut splitter = Splitter::new();
+        let mut buf = vec![0u8; READ_CHUNK];
+        let mut pieces = Vec::new();
+        loop {
+            let n = body.read(&mut buf).await.map_err(read_failed)?;
+            if n == 0 {
+                break;
+            }
+            splitter
+                .feed(&buf[..n], &mut pieces)
+                .map_err(SyncError::Source)?;
+            for piece in pieces.drain(..) {
+                self.json_piece(piece, sink).await?;
+            }
+        }
+        splitter.finish(&mut pieces).map_err(SyncError::Source)?;
+        for piece in pieces.drain(..) {
+            self.json_piece(piece, sink).await?;
         }
         Ok(())
+    }
+
+    async fn json_piece(&self, piece: Piece, sink: &mut Sink) -> Result<(), SyncError> {
+        match piece {
+            Piece::TooLarge(i) => sink.row_error(i as u64, too_large()).await,
+            Piece::Record(i, bytes) => {
+                let text = match self.decode(&bytes) {
+                    Ok(text) => text,
+                    Err(e) => return sink.row_error(i as u64, e).await,
+                };
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(record) => sink.record(i as u64, record).await,
+                    Err(e) => sink.row_error(i as u64, format!("invalid JSON: {e}")).await,
+                }
+            }
+        }
+    }
+}
+
+/// How much of the body one read takes.
+const READ_CHUNK: usize = 64 * 1024;
+
+fn too_large() -> String {
+    format!("the record is larger than {MAX_RECORD_BYTES} bytes")
+}
+
+fn read_failed(e: std::io::Error) -> SyncError {
+    SyncError::Source(format!("reading the upload failed: {e}"))
+}
+
+/// A reader that fails once more than [`MAX_RECORD_BYTES`] pass without a line break.
+struct BoundedLines<R> {
+    inner: R,
+    since_newline: usize,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for BoundedLines<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            let fresh = &buf.filled()[before..];
+            match fresh.iter().rposition(|b| *b == b'\n') {
+                Some(last) => self.since_newline = fresh.len() - last - 1,
+                None => self.since_newline += fresh.len(),
+            }
+            if self.since_newline > MAX_RECORD_BYTES {
+                return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                    "a line is longer than {MAX_RECORD_BYTES} bytes"
+                ))));
+            }
+        }
+        polled
     }
 }

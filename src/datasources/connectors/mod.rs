@@ -5,6 +5,7 @@
 pub mod api;
 pub mod database;
 pub mod file;
+pub mod json_stream;
 pub mod sink;
 
 use serde_json::Value;
