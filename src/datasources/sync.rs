@@ -508,8 +508,12 @@ impl Drop for Unfinished {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (state, tenant, run_id, worker) =
-            (self.state.clone(), self.tenant.clone(), self.run_id, self.worker);
+        let (state, tenant, run_id, worker) = (
+            self.state.clone(),
+            self.tenant.clone(),
+            self.run_id,
+            self.worker,
+        );
         runtime.spawn(async move {
             let outcome = runs::Outcome {
                 status: "dead",

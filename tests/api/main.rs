@@ -1,6 +1,7 @@
 //! The integration tests: one binary, a real PostgreSQL and a real Redis, the real router on a
 //! real port, called over HTTP as a client would. Each test gets its own database.
 
+mod cluster;
 mod helpers;
 
 mod acls;

@@ -626,3 +626,140 @@ async fn a_request_role_that_bypasses_row_level_security_stops_start_up() {
     let err = panels::build_state(config).await.err().expect("refused");
     assert!(format!("{err:#}").contains("superuser"), "{err:#}");
 }
+
+/// Item 13: sqlx was built without TLS, so `sslmode=require` failed and `prefer` fell back to
+/// plain text. Against a PostgreSQL that refuses anything but TLS, with a certificate of a CA the
+/// test made, the server connects with `sslmode=verify-full` and serves requests over it; a
+/// certificate of another CA stops start-up, and so does plain text.
+#[tokio::test]
+async fn the_server_reaches_postgresql_over_verified_tls_only() {
+    use crate::cluster::{PgCluster, make_certificates};
+    let certs =
+        std::env::temp_dir().join(format!("panels-certs-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&certs).expect("dir");
+    let (ca, cert, key) = make_certificates(&certs, "good");
+    let (other_ca, _, _) = make_certificates(&certs, "other");
+    let cluster = PgCluster::start(
+        "ssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\n",
+        Some(
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        ),
+        |data| {
+            std::fs::copy(&cert, data.join("server.pem")).expect("cert");
+            std::fs::copy(&key, data.join("server.key")).expect("key");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .expect("key mode");
+        },
+    );
+    let verified = cluster.url(
+        "localhost",
+        "panels_tls",
+        &format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+    );
+    let app = TestApp::spawn_on(&verified, &[]).await;
+    let session = app.register_tenant("tls-org").await;
+    let res = app.get("/api/panels").bearer(&session.access).send().await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let owner = app.owner_pool().await;
+    let (connections, encrypted): (i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where s.ssl) from pg_stat_activity a
+           join pg_stat_ssl s using (pid) where a.application_name = 'panels'",
+    )
+    .fetch_one(&owner)
+    .await
+    .expect("ssl status");
+    assert!(connections > 0);
+    assert_eq!(
+        encrypted, connections,
+        "every request connection is encrypted"
+    );
+
+    let refused = |url: String| async move {
+        let config = panels::config::Config::from_lookup(|name| match name {
+            "DATABASE_URL" => Some(url.clone()),
+            "JWT_SECRET" => Some(helpers::JWT_SECRET.to_owned()),
+            _ => None,
+        })
+        .expect("config");
+        panels::build_state(config).await.err()
+    };
+    let err = refused(cluster.url(
+        "localhost",
+        "panels_tls",
+        &format!("sslmode=verify-full&sslrootcert={}", other_ca.display()),
+    ))
+    .await
+    .expect("a certificate of another CA is refused");
+    assert!(format!("{err:#}").contains("connect"), "{err:#}");
+    refused(cluster.url("localhost", "panels_tls", "sslmode=disable"))
+        .await
+        .expect("plain text is refused by this server");
+    drop(app);
+    let _ = std::fs::remove_dir_all(&certs);
+}
+
+/// Item 13: `rediss://` could not connect (redis was built without TLS). Against a Redis that
+/// listens for TLS only, with a certificate of a CA the test made (trusted through
+/// `SSL_CERT_FILE`, as an operator would add a private CA), the server reaches Redis and
+/// reports it up.
+#[test]
+fn the_server_reaches_redis_over_tls() {
+    use crate::cluster::{free_port, make_certificates};
+    let certs =
+        std::env::temp_dir().join(format!("panels-rcerts-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&certs).expect("dir");
+    let (ca, cert, key) = make_certificates(&certs, "redis");
+    let port = free_port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    // SAFETY: set before the runtime (or any other thread of this test process) starts.
+    unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let up = runtime.block_on(async {
+        let url = format!("rediss://localhost:{port}");
+        let app = TestApp::spawn_with(&[("REDIS_URL", &url)]).await;
+        for _ in 0..50 {
+            let res = app.get("/health/ready").send().await;
+            if res.body["cache"]["status"] == "up" {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    });
+    let _ = redis.kill();
+    let _ = redis.wait();
+    let _ = std::fs::remove_dir_all(&certs);
+    assert!(up, "Redis over TLS never came up");
+}

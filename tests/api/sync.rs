@@ -845,7 +845,9 @@ async fn a_json_upload_is_read_as_it_arrives_with_bounded_memory() {
         .await;
     let chunk = vec![b'x'; 1 << 20];
     let head = b"{\"note\": \"skipped\", \"records\": [{\"id\": 0, \"big\": \"".to_vec();
-    let tail = b"\"}, {\"id\": 1, \"name\": \"Ada\"}, {\"id\": 2, \"name\": \"Grace\"}, not-json, 3]}".to_vec();
+    let tail =
+        b"\"}, {\"id\": 1, \"name\": \"Ada\"}, {\"id\": 2, \"name\": \"Grace\"}, not-json, 3]}"
+            .to_vec();
     let body = std::iter::once(head)
         .chain(std::iter::repeat_n(chunk, 200))
         .chain(std::iter::once(tail));
@@ -860,11 +862,16 @@ async fn a_json_upload_is_read_as_it_arrives_with_bounded_memory() {
     let grown = peak_rss().saturating_sub(before);
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.body["inserted"], 2, "{}", res.text);
-    let errors = res.body["run"]["errors"].as_array().expect("errors").clone();
+    let errors = res.body["run"]["errors"]
+        .as_array()
+        .expect("errors")
+        .clone();
     let lines: Vec<i64> = errors.iter().filter_map(|e| e["line"].as_i64()).collect();
     assert_eq!(lines, vec![1, 4, 5], "{errors:?}");
     assert!(
-        errors[0]["message"].as_str().is_some_and(|m| m.contains("larger than")),
+        errors[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("larger than")),
         "{errors:?}"
     );
     assert!(
@@ -895,30 +902,60 @@ async fn uploads_have_their_own_deadline_and_an_interrupted_one_frees_its_source
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(pause_ms)).await;
-            let line = if i == 0 { "id,name\n".to_owned() } else { format!("{i},n{i}\n") };
+            let line = if i == 0 {
+                "id,name\n".to_owned()
+            } else {
+                format!("{i},n{i}\n")
+            };
             Some((Ok::<_, std::io::Error>(line.into_bytes()), i + 1))
         });
         reqwest::Body::wrap_stream(stream)
     };
     let path = format!("/api/panels/{}/datasources/{ds}/upload", g.panel);
     // 2 s of upload: over the request timeout, within the upload's.
-    let res = g.app.post(&path).bearer(&g.token).body("text/csv", slow(10, 200)).send().await;
+    let res = g
+        .app
+        .post(&path)
+        .bearer(&g.token)
+        .body("text/csv", slow(10, 200))
+        .send()
+        .await;
     assert_eq!(res.status, 200, "{}", res.text);
     assert_eq!(res.body["inserted"], 10, "{}", res.text);
 
     // Past the upload deadline: 503, and the run is over at once.
-    let res = g.app.post(&path).bearer(&g.token).body("text/csv", slow(40, 100)).send().await;
+    let res = g
+        .app
+        .post(&path)
+        .bearer(&g.token)
+        .body("text/csv", slow(40, 100))
+        .send()
+        .await;
     res.assert_error(503, "REQUEST_TIMEOUT");
     let mut ended = false;
     for _ in 0..30 {
-        if g.runs(ds).await.first().is_some_and(|r| r["status"] == "dead") {
+        if g.runs(ds)
+            .await
+            .first()
+            .is_some_and(|r| r["status"] == "dead")
+        {
             ended = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ended, "the interrupted run still holds the source: {:?}", g.runs(ds).await.first());
-    let res = g.app.post(&path).bearer(&g.token).body("text/csv", "id,name\n1,a\n").send().await;
+    assert!(
+        ended,
+        "the interrupted run still holds the source: {:?}",
+        g.runs(ds).await.first()
+    );
+    let res = g
+        .app
+        .post(&path)
+        .bearer(&g.token)
+        .body("text/csv", "id,name\n1,a\n")
+        .send()
+        .await;
     assert_eq!(res.status, 200, "the source is free again: {}", res.text);
 
     // A client that goes away mid-upload.
@@ -932,7 +969,11 @@ async fn uploads_have_their_own_deadline_and_an_interrupted_one_frees_its_source
     let _ = tokio::time::timeout(Duration::from_millis(600), request).await;
     let mut ended = false;
     for _ in 0..30 {
-        if g.runs(ds).await.first().is_some_and(|r| r["status"] == "dead") {
+        if g.runs(ds)
+            .await
+            .first()
+            .is_some_and(|r| r["status"] == "dead")
+        {
             ended = true;
             break;
         }

@@ -100,7 +100,9 @@ impl Splitter {
         match self.stage {
             Stage::Done => Ok(()),
             Stage::Start => Err("the upload is empty".to_owned()),
-            _ if self.in_object && self.stage != Stage::Element && self.stage != Stage::InElement
+            _ if self.in_object
+                && self.stage != Stage::Element
+                && self.stage != Stage::InElement
                 && self.stage != Stage::AfterElement =>
             {
                 Err("expected a JSON array of records (or {\"records\": [...]})".to_owned())
@@ -173,7 +175,9 @@ impl Splitter {
                     self.stage = Stage::ObjectKey;
                 }
                 _ => {
-                    return Err("expected a JSON array of records (or {\"records\": [...]})".to_owned());
+                    return Err(
+                        "expected a JSON array of records (or {\"records\": [...]})".to_owned()
+                    );
                 }
             },
             Stage::ObjectKey => match b {
@@ -183,7 +187,9 @@ impl Splitter {
                     self.stage = Stage::InKey;
                 }
                 b'}' => {
-                    return Err("expected a JSON array of records (or {\"records\": [...]})".to_owned());
+                    return Err(
+                        "expected a JSON array of records (or {\"records\": [...]})".to_owned()
+                    );
                 }
                 _ => return Err("invalid JSON: expected a key".to_owned()),
             },
@@ -233,8 +239,10 @@ impl Splitter {
                     match b {
                         b',' => self.stage = Stage::ObjectKey,
                         b'}' => {
-                            return Err("expected a JSON array of records (or {\"records\": [...]})"
-                                .to_owned());
+                            return Err(
+                                "expected a JSON array of records (or {\"records\": [...]})"
+                                    .to_owned(),
+                            );
                         }
                         _ => {}
                     }
@@ -250,7 +258,9 @@ impl Splitter {
                 _ if blank => {}
                 b',' => self.stage = Stage::ObjectKey,
                 b'}' => {
-                    return Err("expected a JSON array of records (or {\"records\": [...]})".to_owned());
+                    return Err(
+                        "expected a JSON array of records (or {\"records\": [...]})".to_owned()
+                    );
                 }
                 _ => return Err("invalid JSON: expected ',' or '}'".to_owned()),
             },
@@ -329,7 +339,11 @@ mod tests {
         // Every chunk size gives the same split.
         let whole = split_in(document, usize::MAX).expect("valid");
         for chunk in [1, 2, 3, 7] {
-            assert_eq!(split_in(document, chunk).expect("valid"), whole, "chunks of {chunk}");
+            assert_eq!(
+                split_in(document, chunk).expect("valid"),
+                whole,
+                "chunks of {chunk}"
+            );
         }
         whole
             .into_iter()
@@ -344,10 +358,18 @@ mod tests {
     fn arrays_and_records_objects_split_into_elements() {
         assert_eq!(
             records(r#" [ {"a": "x,]}"}, {"b": [1, {"c": "\"]"}]}, 7, "s", null ] "#),
-            [r#"{"a": "x,]}"}"#, r#"{"b": [1, {"c": "\"]"}]}"#, "7", r#""s""#, "null"]
+            [
+                r#"{"a": "x,]}"}"#,
+                r#"{"b": [1, {"c": "\"]"}]}"#,
+                "7",
+                r#""s""#,
+                "null"
+            ]
         );
         assert_eq!(
-            records("\u{feff}{\"meta\": {\"x\": [1, 2]}, \"n\": 3, \"s\": \"]\", \"records\": [{\"id\": 1}], \"after\": 1}"),
+            records(
+                "\u{feff}{\"meta\": {\"x\": [1, 2]}, \"n\": 3, \"s\": \"]\", \"records\": [{\"id\": 1}], \"after\": 1}"
+            ),
             [r#"{"id": 1}"#]
         );
         assert!(records("[]").is_empty());
@@ -356,7 +378,17 @@ mod tests {
 
     #[test]
     fn documents_that_are_not_a_records_array_are_refused() {
-        for bad in ["", "  ", "42", r#""x""#, r#"{"data": [1]}"#, "[1, 2", r#"{"records": [1"#, r#"{"records": 5}"#, "[1,]"] {
+        for bad in [
+            "",
+            "  ",
+            "42",
+            r#""x""#,
+            r#"{"data": [1]}"#,
+            "[1, 2",
+            r#"{"records": [1"#,
+            r#"{"records": 5}"#,
+            "[1,]",
+        ] {
             assert!(split_in(bad, 3).is_err(), "{bad:?}");
         }
     }
