@@ -58,7 +58,10 @@ def bind(name):
     return f'{{ dictionary = "{name}", probability = 0.9 }}'
 
 
+# The admin's token on every operation, but logout: it revokes the access token it is called with,
+# which would leave every later operation answering 401. Logout gets a token of no session.
 lines = ["# Written by scripts/fuzz-seed.py for one run.", "",
+         f'headers = {{ Authorization = "Bearer {token}" }}', "",
          "[cache]", 'directory = "target/fuzz-cache"', "", "[dictionaries]"]
 lines += [f'{name} = {{ values = [{value}] }}' for name, value in ids.items()]
 lines += ['resource = { values = [%d, %d] }' % (p, v), ""]
@@ -86,6 +89,9 @@ operation(['include-path-regex = "^/api/acls/\\\\{resourceType\\\\}"'], {"path.r
 operation(['include-path = "/api/views"'], {"query.panelId": "panel", "body.panelId": "panel"})
 operation(['include-path = "/api/panels/{id}/columns/base"', 'include-method = "POST"'],
           {"path.id": "panel", "body.dataSourceId": "source"})
+
+lines += ["[[operations]]", 'include-path = "/api/auth/logout"',
+          'headers = { Authorization = "Bearer not-a-session-token" }', ""]
 
 with open(out, "w") as f:
     f.write("\n".join(lines))

@@ -38,7 +38,8 @@ start_live_server() {
     SERVER_LOG="target/${name}-server.log"
     trap stop_live_server EXIT
     # A fixed secret so tokens stay valid across restarts of a debugging session; rate limits high
-    # enough for a test client that logs in many times from one address.
+    # enough for a test client that logs in, registers and sends bad credentials many times from
+    # one address (the fuzzer's negative cases would otherwise lock it out of every operation).
     env DATABASE_URL="$admin_base/$LIVE_DB" \
         REDIS_URL="${TEST_REDIS_URL:-}" \
         HOST=127.0.0.1 PORT="$port" \
@@ -47,6 +48,8 @@ start_live_server() {
         LOG_FORMAT=json RUST_LOG="${RUST_LOG:-warn}" RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 \
         RATE_LIMIT_LOGIN_PER_MINUTE="${RATE_LIMIT_LOGIN_PER_MINUTE:-1000}" \
         RATE_LIMIT_TENANT_RPS="${RATE_LIMIT_TENANT_RPS:-0}" \
+        RATE_LIMIT_REGISTER_PER_MINUTE="${RATE_LIMIT_REGISTER_PER_MINUTE:-0}" \
+        RATE_LIMIT_AUTH_FAILURES_PER_MINUTE="${RATE_LIMIT_AUTH_FAILURES_PER_MINUTE:-0}" \
         target/debug/panels serve "$@" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     BASE_URL="http://127.0.0.1:$port"

@@ -739,6 +739,43 @@ mod tests {
         );
     }
 
+    /// Every variable the configuration reads is documented in `.env.example` and the README's
+    /// table, so an operator can find it.
+    #[test]
+    fn every_variable_is_documented() {
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let record = |pairs: &[(&str, &str)]| {
+            let _ = Config::from_lookup(|name| {
+                read.borrow_mut().insert(name.to_owned());
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            });
+        };
+        record(&[]);
+        record(&[
+            ("APP_ENV", "production"),
+            ("JWT_SECRET", "0123456789abcdef0123456789abcdef-topsecret"),
+            (
+                "ENCRYPTION_KEY",
+                "a0112233445566778899aabbccddeeff00112233445566778899aabbccddeef0",
+            ),
+        ]);
+        let example = include_str!("../.env.example");
+        let readme = include_str!("../README.md");
+        for name in read.into_inner() {
+            assert!(
+                example.contains(&format!("{name}=")),
+                "{name} is missing from .env.example"
+            );
+            assert!(
+                readme.contains(&format!("`{name}`")),
+                "{name} is missing from the README's table"
+            );
+        }
+    }
+
     #[test]
     fn secrets_never_show_in_debug_output() {
         let c = config(&[

@@ -98,7 +98,9 @@ pub struct FormulaCheckRequest {
 pub struct FormulaSample {
     pub row_id: i64,
     pub key: String,
-    #[schema(value_type = Object)]
+    /// The formula's value for this row: text, number, boolean, a date or datetime as text, or
+    /// null when blank.
+    #[schema(value_type = Option<serde_json::Value>)]
     pub value: Value,
     /// Why the value is blank for this row (division by zero, a date that does not parse...).
     pub warnings: Vec<String>,
