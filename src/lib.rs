@@ -139,7 +139,7 @@ pub async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     let stop = tokio_util::sync::CancellationToken::new();
     let handles = if workers {
-        jobs::spawn(&state, state.config.worker_concurrency, stop.clone())
+        datasources::sync::spawn_workers(&state, state.config.worker_concurrency, stop.clone())
     } else {
         Vec::new()
     };
@@ -156,7 +156,7 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
     let state = build_state(config).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let concurrency = state.config.worker_concurrency.max(1);
-    let handles = jobs::spawn(&state, concurrency, stop.clone());
+    let handles = datasources::sync::spawn_workers(&state, concurrency, stop.clone());
     tracing::info!(concurrency, "worker running");
     shutdown_signal().await;
     stop.cancel();

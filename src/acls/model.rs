@@ -5,7 +5,54 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
 
-use crate::auth::acl::{Permission, ResourceType};
+
+/// A permission on a panel or a view: viewer < editor < owner. Admins hold every permission in
+/// their tenant; everyone else holds the highest of their ACL entries (by e-mail, by legacy user
+/// id, or the tenant-wide `_all` entry).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    Viewer,
+    Editor,
+    Owner,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Editor => "editor",
+            Self::Owner => "owner",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "viewer" => Some(Self::Viewer),
+            "editor" => Some(Self::Editor),
+            "owner" => Some(Self::Owner),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ResourceType {
+    Panel,
+    View,
+}
+
+impl ResourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Panel => "panel",
+            Self::View => "view",
+        }
+    }
+}
 
 /// The tenant-wide entry: everyone in the tenant.
 pub const EVERYONE: &str = "_all";

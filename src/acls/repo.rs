@@ -4,7 +4,7 @@ use sqlx::PgConnection;
 
 use super::model::AclRow;
 use crate::auth::TenantId;
-use crate::auth::acl::ResourceType;
+use super::model::ResourceType;
 
 /// The columns of `AclRow`, as a literal so queries stay `&'static str`.
 macro_rules! columns {
@@ -171,4 +171,17 @@ struct UpsertedRow {
     #[sqlx(flatten)]
     acl: AclRow,
     inserted: bool,
+}
+
+/// Whether a view is published (readable by everyone in its tenant).
+pub async fn is_published_view(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select is_published from view where tenant_id = $1 and id = $2")
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_one(conn)
+        .await
 }

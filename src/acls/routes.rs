@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::model::*;
 use super::service;
 use crate::auth::Principal;
-use crate::auth::acl::ResourceType;
+use super::model::ResourceType;
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};

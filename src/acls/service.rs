@@ -6,11 +6,50 @@ use tracing::instrument;
 use super::model::*;
 use super::repo;
 use crate::auth::Principal;
-use crate::auth::acl::{self, Permission, ResourceType};
+use sqlx::PgConnection;
 use crate::cache::Change;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
+
+/// The caller's permission on a resource of its tenant: admins own everything; others hold the
+/// highest of their entries. `None`: no access at all (the resource is answered as not found).
+pub async fn permission(
+    conn: &mut PgConnection,
+    principal: &Principal,
+    resource_type: ResourceType,
+    resource_id: i64,
+) -> Result<Option<Permission>> {
+    if principal.is_admin() {
+        return Ok(Some(Permission::Owner));
+    }
+    let raw = repo::highest_permission(
+        conn,
+        &principal.tenant,
+        resource_type,
+        resource_id,
+        &principal.email,
+        &principal.user_id,
+    )
+    .await?;
+    Ok(raw.as_deref().and_then(Permission::parse))
+}
+
+/// Fails unless `held` reaches `needed`: no access at all reads as `not_found`, too little as 403.
+pub fn require(
+    held: Option<Permission>,
+    needed: Permission,
+    not_found: ApiError,
+) -> Result<Permission> {
+    match held {
+        None => Err(not_found),
+        Some(p) if p >= needed => Ok(p),
+        Some(_) => Err(ApiError::forbidden(format!(
+            "This needs the {} permission",
+            needed.as_str()
+        ))),
+    }
+}
 
 fn not_found(resource_type: ResourceType) -> ApiError {
     match resource_type {
@@ -48,20 +87,14 @@ async fn authorize(
     let panel_id = repo::panel_of(tx, &principal.tenant, resource_type, resource_id)
         .await?
         .ok_or_else(|| not_found(resource_type))?;
-    let mut held = acl::permission(tx, principal, resource_type, resource_id).await?;
+    let mut held = permission(tx, principal, resource_type, resource_id).await?;
     // A published view is readable by everyone in the tenant.
     if held.is_none() && resource_type == ResourceType::View && needed == Permission::Viewer {
-        let published: bool =
-            sqlx::query_scalar("select is_published from view where tenant_id = $1 and id = $2")
-                .bind(principal.tenant.as_str())
-                .bind(resource_id)
-                .fetch_one(&mut **tx)
-                .await?;
-        if published {
+        if repo::is_published_view(tx, &principal.tenant, resource_id).await? {
             held = Some(Permission::Viewer);
         }
     }
-    acl::require(held, needed, not_found(resource_type))?;
+    require(held, needed, not_found(resource_type))?;
     Ok(panel_id)
 }
 

@@ -1,7 +1,6 @@
-//! Identity and access: who a request is (verified JWT or API key → `Principal`), accounts and
-//! their tokens, and the per-resource permission checks every domain calls.
+//! Identity: who a request is (verified JWT or API key → `Principal`), accounts and their
+//! tokens. Per-resource permissions are the `acls` domain's.
 
-pub mod acl;
 pub mod api_keys;
 pub mod dto;
 pub mod identity;

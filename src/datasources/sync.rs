@@ -307,6 +307,26 @@ pub async fn list_runs(
     })
 }
 
+/// Starts `concurrency` sync workers and the scheduler on the job queue; they stop when `stop`
+/// is cancelled.
+pub fn spawn_workers(
+    state: &AppState,
+    concurrency: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let queue = crate::jobs::Queue {
+        db: state.db.clone(),
+        wakeup: state.wakeup.clone(),
+        lease: state.config.sync_lease,
+    };
+    let handler_state = state.clone();
+    let handler: crate::jobs::Handler = std::sync::Arc::new(move |tenant, worker, claimed| {
+        let state = handler_state.clone();
+        Box::pin(async move { execute(&state, &tenant, &worker, &claimed).await })
+    });
+    crate::jobs::spawn(queue, concurrency, handler, stop)
+}
+
 /// Runs a claimed run to its end (called by a worker holding the run's lease).
 pub async fn execute(state: &AppState, tenant: &TenantId, worker: &str, claimed: &Claimed) {
     let outcome = async {

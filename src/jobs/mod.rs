@@ -3,6 +3,10 @@
 //! by a heartbeat, retried with exponential backoff and jitter, and dead-lettered after their
 //! last attempt. A worker that dies loses its lease and another picks the run up. The scheduler
 //! enqueues due scheduled syncs; an advisory lock lets one instance at a time do it.
+//!
+//! The queue knows no domain: what a claimed run does is the [`Handler`] its caller passes
+//! (`datasources::sync::spawn_workers` passes the sync), so this module depends on nothing above
+//! the database.
 
 pub mod repo;
 
@@ -14,8 +18,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use futures::future::BoxFuture;
+
 use crate::auth::TenantId;
-use crate::state::AppState;
+use crate::db::Db;
 
 /// How long a claimed run stays ours without a heartbeat.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -45,8 +51,26 @@ pub struct Claimed {
     pub max_attempts: i32,
 }
 
-/// Starts `concurrency` workers and the scheduler; they stop when `stop` is cancelled.
-pub fn spawn(state: &AppState, concurrency: usize, stop: CancellationToken) -> Vec<JoinHandle<()>> {
+/// What a worker does with a run it claimed: `(tenant, worker name, run)`; the lease is kept alive
+/// while the future runs.
+pub type Handler = Arc<dyn Fn(TenantId, String, Claimed) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Where the workers find their runs and how long they hold them.
+#[derive(Clone)]
+pub struct Queue {
+    pub db: Db,
+    pub wakeup: Wakeup,
+    pub lease: Duration,
+}
+
+/// Starts `concurrency` workers running `handler` on each claimed run, and the scheduler; they
+/// stop when `stop` is cancelled.
+pub fn spawn(
+    queue: Queue,
+    concurrency: usize,
+    handler: Handler,
+    stop: CancellationToken,
+) -> Vec<JoinHandle<()>> {
     let mut handles = Vec::new();
     if concurrency == 0 {
         return handles;
@@ -54,28 +78,35 @@ pub fn spawn(state: &AppState, concurrency: usize, stop: CancellationToken) -> V
     let instance = uuid::Uuid::new_v4().simple().to_string();
     for n in 0..concurrency {
         let worker = format!("{}-{n}", &instance[..8]);
-        handles.push(tokio::spawn(work(state.clone(), worker, stop.clone())));
+        handles.push(tokio::spawn(work(
+            queue.clone(),
+            handler.clone(),
+            worker,
+            stop.clone(),
+        )));
     }
-    handles.push(tokio::spawn(schedule(state.clone(), stop)));
+    handles.push(tokio::spawn(schedule(queue, stop)));
     handles
 }
 
-async fn work(state: AppState, worker: String, stop: CancellationToken) {
+async fn work(queue: Queue, handler: Handler, worker: String, stop: CancellationToken) {
     tracing::info!(worker, "sync worker started");
-    let lease = state.config.sync_lease;
     loop {
         if stop.is_cancelled() {
             break;
         }
-        let claimed = claim(&state, &worker, lease).await;
+        let claimed = claim(&queue.db, &worker, queue.lease).await;
         match claimed {
             Ok(Some(run)) => {
                 let span = tracing::info_span!("sync", run_id = run.id, tenant = %run.tenant_id, data_source_id = run.data_source_id);
-                let _ = tracing::Instrument::instrument(process(&state, &worker, run, lease), span)
-                    .await;
+                let _ = tracing::Instrument::instrument(
+                    process(&queue, &handler, &worker, run),
+                    span,
+                )
+                .await;
             }
             Ok(None) => {
-                let woken = state.wakeup.0.notified();
+                let woken = queue.wakeup.0.notified();
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = woken => {},
@@ -94,30 +125,20 @@ async fn work(state: AppState, worker: String, stop: CancellationToken) {
     tracing::info!(worker, "sync worker stopped");
 }
 
-async fn claim(
-    state: &AppState,
-    worker: &str,
-    lease: Duration,
-) -> Result<Option<Claimed>, sqlx::Error> {
-    sqlx::query_as(
-        "select id, tenant_id, panel_id, data_source_id, attempts, max_attempts from claim_sync_run($1, $2)
-         where id is not null",
-    )
-    .bind(worker)
-    .bind(i32::try_from(lease.as_secs()).unwrap_or(60))
-    .fetch_optional(state.db.pool())
-    .await
+async fn claim(db: &Db, worker: &str, lease: Duration) -> Result<Option<Claimed>, sqlx::Error> {
+    repo::claim(db.pool(), worker, lease).await
 }
 
-async fn process(state: &AppState, worker: &str, run: Claimed, lease: Duration) {
+async fn process(queue: &Queue, handler: &Handler, worker: &str, run: Claimed) {
     let Some(tenant) = TenantId::parse(&run.tenant_id) else {
         tracing::error!("sync run of an invalid tenant slug; skipping");
         return;
     };
+    let lease = queue.lease;
     // Keep the lease while we work; a dead worker stops renewing and loses it. The guard stops
     // the heartbeat whenever this future ends, including when the worker itself is killed.
     let _heartbeat = AbortOnDrop({
-        let db = state.db.clone();
+        let db = queue.db.clone();
         let tenant = tenant.clone();
         let worker = worker.to_owned();
         let id = run.id;
@@ -126,16 +147,7 @@ async fn process(state: &AppState, worker: &str, run: Claimed, lease: Duration) 
                 tokio::time::sleep(lease / 3).await;
                 let renewed = async {
                     let mut tx = db.begin(&tenant).await?;
-                    sqlx::query(
-                        "update sync_run set lease_until = now() + make_interval(secs => $4)
-                         where tenant_id = $1 and id = $2 and locked_by = $3 and status = 'running'",
-                    )
-                    .bind(tenant.as_str())
-                    .bind(id)
-                    .bind(&worker)
-                    .bind(lease.as_secs_f64())
-                    .execute(&mut *tx)
-                    .await?;
+                    repo::renew_lease(&mut tx, &tenant, id, &worker, lease).await?;
                     tx.commit().await
                 };
                 if let Err(err) = renewed.await {
@@ -144,7 +156,7 @@ async fn process(state: &AppState, worker: &str, run: Claimed, lease: Duration) 
             }
         })
     });
-    crate::datasources::sync::execute(state, &tenant, worker, &run).await;
+    handler(tenant, worker.to_owned(), run).await;
 }
 
 /// Aborts a task when dropped.
@@ -163,17 +175,17 @@ pub fn backoff(attempt: i32) -> Duration {
     Duration::from_secs_f64((base * jitter).min(600.0))
 }
 
-async fn schedule(state: AppState, stop: CancellationToken) {
+async fn schedule(queue: Queue, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(SCHEDULER_TICK) => {},
         }
-        match enqueue_due(&state).await {
+        match enqueue_due(&queue.db).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(enqueued = n, "scheduled syncs enqueued");
-                state.wakeup.wake();
+                queue.wakeup.wake();
             }
             Err(err) => tracing::warn!(error = %err, "the sync scheduler failed"),
         }
@@ -181,37 +193,17 @@ async fn schedule(state: AppState, stop: CancellationToken) {
 }
 
 /// Enqueues every scheduled sync that is due; one instance at a time (advisory lock).
-pub async fn enqueue_due(state: &AppState) -> Result<usize, sqlx::Error> {
-    let mut tx = state.db.pool().begin().await?;
-    // An arbitrary constant naming "the sync scheduler" among advisory locks (written without
-    // digit separators: PostgreSQL before 16 rejects `7_311_001` as "trailing junk").
-    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(7311001)")
-        .fetch_one(&mut *tx)
-        .await?;
-    if !locked {
+pub async fn enqueue_due(db: &Db) -> Result<usize, sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    if !repo::lock_scheduler(&mut tx).await? {
         return Ok(0);
     }
-    let sources: Vec<(
-        i64,
-        String,
-        i64,
-        serde_json::Value,
-        chrono::DateTime<chrono::Utc>,
-    )> = sqlx::query_as(
-        "select id, tenant_id, panel_id, schedule, last_sync from scheduled_sources()",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    let sources = repo::scheduled_sources(&mut tx).await?;
     let now = chrono::Utc::now();
     let mut enqueued = 0;
-    for (id, tenant, panel, schedule, last_sync) in sources {
-        if is_due(&schedule, last_sync, now) {
-            sqlx::query("select enqueue_scheduled_run($1, $2, $3)")
-                .bind(&tenant)
-                .bind(panel)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+    for source in sources {
+        if is_due(&source.schedule, source.last_sync, now) {
+            repo::enqueue_scheduled(&mut tx, &source.tenant_id, source.panel_id, source.id).await?;
             enqueued += 1;
         }
     }

@@ -164,3 +164,81 @@ pub async fn finish(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Claims the next due run (of any tenant) for `worker` and leases it.
+pub async fn claim(
+    pool: &sqlx::PgPool,
+    worker: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<Option<super::Claimed>> {
+    sqlx::query_as(
+        "select id, tenant_id, panel_id, data_source_id, attempts, max_attempts from claim_sync_run($1, $2)
+         where id is not null",
+    )
+    .bind(worker)
+    .bind(i32::try_from(lease.as_secs()).unwrap_or(60))
+    .fetch_optional(pool)
+    .await
+}
+
+/// Extends `worker`'s lease of a run it still holds.
+pub async fn renew_lease(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    id: i64,
+    worker: &str,
+    lease: std::time::Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update sync_run set lease_until = now() + make_interval(secs => $4)
+         where tenant_id = $1 and id = $2 and locked_by = $3 and status = 'running'",
+    )
+    .bind(tenant.as_str())
+    .bind(id)
+    .bind(worker)
+    .bind(lease.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The scheduler's turn: true when this transaction holds the scheduler's advisory lock (an
+/// arbitrary constant naming "the sync scheduler", written without digit separators: PostgreSQL
+/// before 16 rejects `7_311_001` as "trailing junk").
+pub async fn lock_scheduler(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select pg_try_advisory_xact_lock(7311001)")
+        .fetch_one(conn)
+        .await
+}
+
+/// A data source with a schedule, of any tenant.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ScheduledSource {
+    pub id: i64,
+    pub tenant_id: String,
+    pub panel_id: i64,
+    pub schedule: Value,
+    pub last_sync: DateTime<Utc>,
+}
+
+pub async fn scheduled_sources(conn: &mut PgConnection) -> sqlx::Result<Vec<ScheduledSource>> {
+    sqlx::query_as("select id, tenant_id, panel_id, schedule, last_sync from scheduled_sources()")
+        .fetch_all(conn)
+        .await
+}
+
+/// Enqueues a scheduled run (joining a live one).
+pub async fn enqueue_scheduled(
+    conn: &mut PgConnection,
+    tenant: &str,
+    panel_id: i64,
+    data_source_id: i64,
+) -> sqlx::Result<()> {
+    sqlx::query("select enqueue_scheduled_run($1, $2, $3)")
+        .bind(tenant)
+        .bind(panel_id)
+        .bind(data_source_id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}

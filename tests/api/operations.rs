@@ -504,7 +504,7 @@ async fn the_sync_scheduler_runs_on_every_supported_postgresql() {
     // Its SQL once held a numeric literal with digit separators, which PostgreSQL before 16
     // rejects: every pass failed and scheduled syncs never ran (found by the load benchmark).
     let app = TestApp::spawn().await;
-    let enqueued = panels::jobs::enqueue_due(&app.state).await;
+    let enqueued = panels::jobs::enqueue_due(&app.state.db).await;
     assert!(enqueued.is_ok(), "{enqueued:?}");
 }
 

@@ -600,7 +600,7 @@ async fn a_worker_killed_mid_sync_is_replaced_without_duplicates_or_losses() {
     assert_eq!(res.status, 202, "{}", res.text);
 
     let stop = tokio_util::sync::CancellationToken::new();
-    let doomed = panels::jobs::spawn(&g.app.state, 1, stop.clone());
+    let doomed = panels::datasources::sync::spawn_workers(&g.app.state, 1, stop.clone());
     g.app.state.wakeup.wake();
     // Wait until the first page's first batch is stored and the worker hangs on page 2.
     let owner = g.app.owner_pool().await;
@@ -619,7 +619,7 @@ async fn a_worker_killed_mid_sync_is_replaced_without_duplicates_or_losses() {
     }
 
     remote.release_second_page.store(true, Ordering::SeqCst);
-    let _survivors = panels::jobs::spawn(&g.app.state, 1, stop.clone());
+    let _survivors = panels::datasources::sync::spawn_workers(&g.app.state, 1, stop.clone());
     let run = g.wait_for_end(ds).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(
@@ -791,7 +791,7 @@ async fn scheduled_sources_are_enqueued_when_due() {
     let (url, _clinic) = clinic_database(5).await;
     let ds = g.source("database", json!({"connectionString": url, "query": "select * from patients", "schedule": {"everyMinutes": 5}})).await;
     assert_eq!(
-        panels::jobs::enqueue_due(&g.app.state)
+        panels::jobs::enqueue_due(&g.app.state.db)
             .await
             .expect("scheduler"),
         0,
@@ -804,7 +804,7 @@ async fn scheduled_sources_are_enqueued_when_due() {
         .await
         .expect("age");
     assert_eq!(
-        panels::jobs::enqueue_due(&g.app.state)
+        panels::jobs::enqueue_due(&g.app.state.db)
             .await
             .expect("scheduler"),
         1
