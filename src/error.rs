@@ -235,6 +235,12 @@ impl ApiError {
     }
 }
 
+/// A value as JSON (a stored idempotent response, a change record's snapshot). Our own types
+/// always serialise, so a failure is a bug, answered as a 500.
+pub fn to_json<T: Serialize>(value: &T) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
+}
+
 /// Builds the envelope body for a status, outside of `ApiError` (layers that answer on their own).
 pub fn envelope(
     status: StatusCode,

@@ -32,6 +32,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod views;
+pub mod write;
 
 use std::future::Future;
 use std::net::SocketAddr;

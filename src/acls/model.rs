@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::Validate;
 
-
 /// A permission on a panel or a view: viewer < editor < owner. Admins hold every permission in
 /// their tenant; everyone else holds the highest of their ACL entries (by e-mail, by legacy user
 /// id, or the tenant-wide `_all` entry).

@@ -3,8 +3,8 @@
 use sqlx::PgConnection;
 
 use super::model::AclRow;
-use crate::auth::TenantId;
 use super::model::ResourceType;
+use crate::auth::TenantId;
 
 /// The columns of `AclRow`, as a literal so queries stay `&'static str`.
 macro_rules! columns {

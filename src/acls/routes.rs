@@ -6,10 +6,10 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::model::ResourceType;
 use super::model::*;
 use super::service;
 use crate::auth::Principal;
-use super::model::ResourceType;
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};

@@ -6,11 +6,12 @@ use tracing::instrument;
 use super::model::*;
 use super::repo;
 use crate::auth::Principal;
-use sqlx::PgConnection;
 use crate::cache::Change;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
+use crate::write::{self, Writer};
+use sqlx::PgConnection;
 
 /// The caller's permission on a resource of its tenant: admins own everything; others hold the
 /// highest of their entries. `None`: no access at all (the resource is answered as not found).
@@ -98,28 +99,39 @@ async fn authorize(
     Ok(panel_id)
 }
 
-/// After the commit of an ACL change: who may see what changed, so the panel's cached reads and
-/// every list of the tenant are dead.
-async fn committed(
+/// The shape of every change of a resource's entries: in the write path, the caller must own the
+/// resource; `op` changes the entries; after the commit the panel's cached reads and every list
+/// of the tenant are dead (who may see what changed).
+async fn change_entries<'p, T, F, Fut>(
     state: &AppState,
-    principal: &Principal,
-    panel_id: i64,
+    principal: &'p Principal,
     resource_type: ResourceType,
     resource_id: i64,
-) {
-    let change = Change::panel("acl.changed", panel_id)
-        .with("resourceType", resource_type.as_str())
-        .with("resourceId", resource_id)
-        .lists();
-    state.cache.committed(&principal.tenant, change).await;
-}
-
-fn require_write(principal: &Principal) -> Result<()> {
-    if principal.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("This API key is read-only"))
-    }
+    op: F,
+) -> Result<T>
+where
+    F: FnOnce(Writer<'p>) -> Fut,
+    Fut: Future<Output = Result<(Writer<'p>, T)>>,
+{
+    write::write(state, principal, |mut w| async move {
+        let panel_id = authorize(
+            &mut w.tx,
+            principal,
+            resource_type,
+            resource_id,
+            Permission::Owner,
+        )
+        .await?;
+        let (mut w, value) = op(w).await?;
+        w.changed(
+            Change::panel("acl.changed", panel_id)
+                .with("resourceType", resource_type.as_str())
+                .with("resourceId", resource_id)
+                .lists(),
+        );
+        Ok((w, value))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(resource_id))]
@@ -177,29 +189,26 @@ pub async fn create(
     resource_id: i64,
     req: CreateAclRequest,
 ) -> Result<AclResponse> {
-    require_write(principal)?;
     let email = target_email(&req.user_email)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let panel_id = authorize(
-        &mut tx,
+    change_entries(
+        state,
         principal,
         resource_type,
         resource_id,
-        Permission::Owner,
+        |mut w| async move {
+            let row = repo::insert(
+                &mut w.tx,
+                &principal.tenant,
+                resource_type,
+                resource_id,
+                &email,
+                req.permission.as_str(),
+            )
+            .await?;
+            Ok((w, AclResponse { acl: row.into() }))
+        },
     )
-    .await?;
-    let row = repo::insert(
-        &mut tx,
-        &principal.tenant,
-        resource_type,
-        resource_id,
-        &email,
-        req.permission.as_str(),
-    )
-    .await?;
-    tx.commit().await?;
-    committed(state, principal, panel_id, resource_type, resource_id).await;
-    Ok(AclResponse { acl: row.into() })
+    .await
 }
 
 #[instrument(skip_all, fields(resource_id))]
@@ -211,30 +220,27 @@ pub async fn update(
     email: &str,
     permission: Permission,
 ) -> Result<AclResponse> {
-    require_write(principal)?;
     let email = target_email(email)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let panel_id = authorize(
-        &mut tx,
+    change_entries(
+        state,
         principal,
         resource_type,
         resource_id,
-        Permission::Owner,
+        |mut w| async move {
+            let row = repo::update_permission(
+                &mut w.tx,
+                &principal.tenant,
+                resource_type,
+                resource_id,
+                &email,
+                permission.as_str(),
+            )
+            .await?
+            .ok_or_else(acl_not_found)?;
+            Ok((w, AclResponse { acl: row.into() }))
+        },
     )
-    .await?;
-    let row = repo::update_permission(
-        &mut tx,
-        &principal.tenant,
-        resource_type,
-        resource_id,
-        &email,
-        permission.as_str(),
-    )
-    .await?
-    .ok_or_else(acl_not_found)?;
-    tx.commit().await?;
-    committed(state, principal, panel_id, resource_type, resource_id).await;
-    Ok(AclResponse { acl: row.into() })
+    .await
 }
 
 #[instrument(skip_all, fields(resource_id))]
@@ -245,31 +251,21 @@ pub async fn delete(
     resource_id: i64,
     email: &str,
 ) -> Result<()> {
-    require_write(principal)?;
     let email = target_email(email)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let panel_id = authorize(
-        &mut tx,
+    change_entries(
+        state,
         principal,
         resource_type,
         resource_id,
-        Permission::Owner,
+        |mut w| async move {
+            let tenant = &principal.tenant;
+            if !repo::delete(&mut w.tx, tenant, resource_type, resource_id, &email).await? {
+                return Err(acl_not_found());
+            }
+            Ok((w, ()))
+        },
     )
-    .await?;
-    if !repo::delete(
-        &mut tx,
-        &principal.tenant,
-        resource_type,
-        resource_id,
-        &email,
-    )
-    .await?
-    {
-        return Err(acl_not_found());
-    }
-    tx.commit().await?;
-    committed(state, principal, panel_id, resource_type, resource_id).await;
-    Ok(())
+    .await
 }
 
 /// Shares with everyone in the tenant; answers whether the entry was created (201) or updated (200).
@@ -281,25 +277,22 @@ pub async fn share_public(
     resource_id: i64,
     permission: Permission,
 ) -> Result<(AclResponse, bool)> {
-    require_write(principal)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let panel_id = authorize(
-        &mut tx,
+    change_entries(
+        state,
         principal,
         resource_type,
         resource_id,
-        Permission::Owner,
+        |mut w| async move {
+            let (row, created) = repo::upsert_everyone(
+                &mut w.tx,
+                &principal.tenant,
+                resource_type,
+                resource_id,
+                permission.as_str(),
+            )
+            .await?;
+            Ok((w, (AclResponse { acl: row.into() }, created)))
+        },
     )
-    .await?;
-    let (row, created) = repo::upsert_everyone(
-        &mut tx,
-        &principal.tenant,
-        resource_type,
-        resource_id,
-        permission.as_str(),
-    )
-    .await?;
-    tx.commit().await?;
-    committed(state, principal, panel_id, resource_type, resource_id).await;
-    Ok((AclResponse { acl: row.into() }, created))
+    .await
 }

@@ -131,29 +131,30 @@ pub async fn create(
         ApiKeyScope::Read => "read",
         ApiKeyScope::Write => "write",
     };
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    // A local user's key follows the account in `users`; an identity provider's member's, the
-    // role last seen in their tokens.
-    let local = match principal.user_id.parse::<i64>() {
-        Ok(id) => repo::find_user(&mut tx, &principal.tenant, id)
-            .await?
-            .is_some(),
-        Err(_) => false,
-    };
-    let row = repo::insert_api_key(
-        &mut tx,
-        &principal.tenant,
-        req.name.trim(),
-        &prefix,
-        &digest,
-        scope,
-        req.expires_at,
-        &principal.user_id,
-        &principal.email,
-        if local { "user" } else { "external" },
-    )
+    let row = crate::write::write(state, principal, |mut w| async move {
+        let tenant = &principal.tenant;
+        // A local user's key follows the account in `users`; an identity provider's member's,
+        // the role last seen in their tokens.
+        let local = match principal.user_id.parse::<i64>() {
+            Ok(id) => repo::find_user(&mut w.tx, tenant, id).await?.is_some(),
+            Err(_) => false,
+        };
+        let row = repo::insert_api_key(
+            &mut w.tx,
+            tenant,
+            req.name.trim(),
+            &prefix,
+            &digest,
+            scope,
+            req.expires_at,
+            &principal.user_id,
+            &principal.email,
+            if local { "user" } else { "external" },
+        )
+        .await?;
+        Ok((w, row))
+    })
     .await?;
-    tx.commit().await?;
     Ok(CreatedApiKeyResponse {
         id: row.id,
         name: row.name,
@@ -169,7 +170,7 @@ pub async fn list(state: &AppState, principal: &Principal) -> Result<Vec<ApiKeyR
     require_admin(principal)?;
     let mut tx = state.db.begin(&principal.tenant).await?;
     let rows = repo::list_api_keys(&mut tx, &principal.tenant).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(rows
         .into_iter()
         .map(|row| ApiKeyResponse {
@@ -186,15 +187,14 @@ pub async fn list(state: &AppState, principal: &Principal) -> Result<Vec<ApiKeyR
 
 pub async fn revoke(state: &AppState, principal: &Principal, id: i64) -> Result<()> {
     require_admin(principal)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let found = repo::revoke_api_key(&mut tx, &principal.tenant, id).await?;
-    tx.commit().await?;
-    if found {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(
-            "API_KEY_NOT_FOUND",
-            "API key not found",
-        ))
-    }
+    crate::write::write(state, principal, |mut w| async move {
+        if !repo::revoke_api_key(&mut w.tx, &principal.tenant, id).await? {
+            return Err(ApiError::not_found(
+                "API_KEY_NOT_FOUND",
+                "API key not found",
+            ));
+        }
+        Ok((w, ()))
+    })
+    .await
 }

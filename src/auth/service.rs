@@ -270,18 +270,17 @@ pub async fn invite(
         Utc::now() + ChronoDuration::hours(i64::from(req.expires_in_hours.unwrap_or(72)));
     let email = req.email.trim().to_lowercase();
     let created_by = principal.user_id.parse::<i64>().ok();
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let id = repo::insert_invitation(
-        &mut tx,
-        &principal.tenant,
-        &email,
-        req.role.as_str(),
-        &sha256(token.as_bytes()),
-        expires_at,
-        created_by,
-    )
+    let (role, address, digest) = (req.role, &email, sha256(token.as_bytes()));
+    let id = crate::write::write(state, principal, |mut w| async move {
+        let tenant = &principal.tenant;
+        let role = role.as_str();
+        let id = repo::insert_invitation(
+            &mut w.tx, tenant, address, role, &digest, expires_at, created_by,
+        )
+        .await?;
+        Ok((w, id))
+    })
     .await?;
-    tx.commit().await?;
     Ok(InvitationResponse {
         id,
         email,

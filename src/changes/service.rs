@@ -183,16 +183,16 @@ pub async fn mark_read(
     principal: &Principal,
     req: MarkReadRequest,
 ) -> Result<MarkReadResponse> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let updated = repo::mark_read(
-        &mut tx,
-        &principal.tenant,
-        &principal.email,
-        &req.notification_ids,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(MarkReadResponse {
-        updated: i64::try_from(updated).unwrap_or(i64::MAX),
+    crate::write::write(state, principal, |mut w| async move {
+        let updated = repo::mark_read(
+            &mut w.tx,
+            &principal.tenant,
+            &principal.email,
+            &req.notification_ids,
+        )
+        .await?;
+        let updated = i64::try_from(updated).unwrap_or(i64::MAX);
+        Ok((w, MarkReadResponse { updated }))
     })
+    .await
 }

@@ -9,19 +9,12 @@ use utoipa_axum::routes;
 use super::model::*;
 use super::service::{self, ListFilter};
 use crate::auth::Principal;
-use crate::cache::Change;
 use crate::error::{ErrorBody, Result};
 use crate::etag::{self, IfMatch};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::idempotency::{self, HashedJson, IdempotencyKey};
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};
 use crate::state::AppState;
-
-/// The column services commit; their changes invalidate the panel's cached reads (and publish
-/// the event) here, after the commit.
-async fn committed(state: &AppState, principal: &Principal, change: Change) {
-    state.cache.committed(&principal.tenant, change).await;
-}
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -62,12 +55,6 @@ pub async fn create_base_column(
         &body.digest,
     )
     .await?;
-    committed(
-        &state,
-        &principal,
-        Change::panel("column.created", panel_id),
-    )
-    .await;
     Ok(idempotency::created(outcome))
 }
 
@@ -101,12 +88,6 @@ pub async fn create_calculated_column(
         &body.digest,
     )
     .await?;
-    committed(
-        &state,
-        &principal,
-        Change::panel("column.created", panel_id),
-    )
-    .await;
     Ok(idempotency::created(outcome))
 }
 
@@ -151,12 +132,6 @@ pub async fn reorder_columns(
     ValidJson(req): ValidJson<ReorderColumnsRequest>,
 ) -> Result<Json<ColumnListResponse>> {
     let columns = service::reorder(&state, &principal, panel_id, req).await?;
-    committed(
-        &state,
-        &principal,
-        Change::panel("columns.reordered", panel_id),
-    )
-    .await;
     Ok(Json(columns))
 }
 
@@ -203,8 +178,6 @@ pub async fn update_column(
 ) -> Result<impl IntoResponse> {
     let (column, tag) =
         service::update(&state, &principal, panel_id, column_id, &if_match, req).await?;
-    let change = Change::panel("column.updated", panel_id).with("columnId", column_id);
-    committed(&state, &principal, change).await;
     Ok((etag::header_map(&tag), Json(column)))
 }
 
@@ -231,7 +204,5 @@ pub async fn delete_column(
 ) -> Result<StatusCode> {
     let force = params.force.unwrap_or(false);
     service::delete(&state, &principal, panel_id, column_id, &if_match, force).await?;
-    let change = Change::panel("column.deleted", panel_id).with("columnId", column_id);
-    committed(&state, &principal, change).await;
     Ok(StatusCode::NO_CONTENT)
 }

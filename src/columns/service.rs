@@ -11,14 +11,16 @@ use tracing::instrument;
 use super::model::*;
 use super::repo::{self, ColumnUpdate, NewColumn};
 use crate::auth::Principal;
-use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::cache::Change;
+use crate::changes::{Affect, ChangeType, NewChange};
 use crate::db::Tx;
-use crate::error::{ApiError, FieldError, Result};
+use crate::error::{ApiError, FieldError, Result, to_json};
 use crate::etag::{IfMatch, etag};
 use crate::filter::{FilterGroup, FilterNode};
-use crate::idempotency::{self, Outcome};
+use crate::idempotency::Outcome;
 use crate::panels::{Access, authorize};
 use crate::state::AppState;
+use crate::write::{self, Idempotency, Writer};
 
 /// Most ids or tags a list query may name.
 const MAX_QUERY_VALUES: usize = 1000;
@@ -29,10 +31,6 @@ pub fn not_found() -> ApiError {
 
 fn data_source_not_found() -> ApiError {
     ApiError::not_found("DATA_SOURCE_NOT_FOUND", "Data source not found")
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
 }
 
 fn column_tag(row: &ColumnRow) -> String {
@@ -184,40 +182,38 @@ pub async fn create_base(
     };
     let name = name.trim();
     check_name(name)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    if let Some(key) = idempotency_key
-        && let Some(replay) =
-            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
-    {
-        return Ok(Outcome::Replayed(replay));
-    }
-    if !repo::data_source_exists(&mut tx, &principal.tenant, panel_id, data_source_id).await? {
-        return Err(data_source_not_found());
-    }
-    repo::lock_panel(&mut tx, &principal.tenant, panel_id).await?;
-    let row = repo::insert_column(
-        &mut tx,
-        &principal.tenant,
-        &NewColumn {
-            panel_id,
-            kind: "base",
-            name,
-            column_type: column_type.as_str(),
-            source_field: Some(&source_field),
-            data_source_id: Some(data_source_id),
-            formula: None,
-            dependencies: &json!([]),
-            result_type: None,
-            properties: &to_json(&properties.with_order(0))?,
-            metadata: req.metadata.map(Value::Object).as_ref(),
-            tags: &json!(req.tags.unwrap_or_default()),
-        },
-    )
-    .await?;
-    let response = finish_create(&mut tx, principal, row, idempotency_key).await?;
-    tx.commit().await?;
-    Ok(Outcome::Created(response))
+    let key = Idempotency::of(idempotency_key, digest);
+    write::create(state, principal, key, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        if !repo::data_source_exists(&mut w.tx, &principal.tenant, panel_id, data_source_id).await?
+        {
+            return Err(data_source_not_found());
+        }
+        repo::lock_panel(&mut w.tx, &principal.tenant, panel_id).await?;
+        let row = repo::insert_column(
+            &mut w.tx,
+            &principal.tenant,
+            &NewColumn {
+                panel_id,
+                kind: "base",
+                name,
+                column_type: column_type.as_str(),
+                source_field: Some(&source_field),
+                data_source_id: Some(data_source_id),
+                formula: None,
+                dependencies: &json!([]),
+                result_type: None,
+                properties: &to_json(&properties.with_order(0))?,
+                metadata: req.metadata.map(Value::Object).as_ref(),
+                tags: &json!(req.tags.unwrap_or_default()),
+            },
+        )
+        .await?;
+        let response = finish_create(&mut w, row).await?;
+        w.changed(Change::panel("column.created", panel_id));
+        Ok((w, response))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
@@ -239,67 +235,54 @@ pub async fn create_calculated(
     };
     let name = name.trim();
     check_name(name)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    if let Some(key) = idempotency_key
-        && let Some(replay) =
-            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
-    {
-        return Ok(Outcome::Replayed(replay));
-    }
-    repo::lock_panel(&mut tx, &principal.tenant, panel_id).await?;
-    let info = analyze_formula(&mut tx, principal, panel_id, None, name, &formula).await?;
-    let row = repo::insert_column(
-        &mut tx,
-        &principal.tenant,
-        &NewColumn {
-            panel_id,
-            kind: "calculated",
-            name,
-            column_type: column_type.as_str(),
-            source_field: None,
-            data_source_id: None,
-            formula: Some(&formula),
-            dependencies: &json!(info.dependencies),
-            result_type: info.result_type.as_deref(),
-            properties: &to_json(&properties.with_order(0))?,
-            metadata: req.metadata.map(Value::Object).as_ref(),
-            tags: &json!(req.tags.unwrap_or_default()),
-        },
-    )
-    .await?;
-    let response = finish_create(&mut tx, principal, row, idempotency_key).await?;
-    tx.commit().await?;
-    Ok(Outcome::Created(response))
+    let key = Idempotency::of(idempotency_key, digest);
+    write::create(state, principal, key, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        repo::lock_panel(&mut w.tx, &principal.tenant, panel_id).await?;
+        let info = analyze_formula(&mut w.tx, principal, panel_id, None, name, &formula).await?;
+        let row = repo::insert_column(
+            &mut w.tx,
+            &principal.tenant,
+            &NewColumn {
+                panel_id,
+                kind: "calculated",
+                name,
+                column_type: column_type.as_str(),
+                source_field: None,
+                data_source_id: None,
+                formula: Some(&formula),
+                dependencies: &json!(info.dependencies),
+                result_type: info.result_type.as_deref(),
+                properties: &to_json(&properties.with_order(0))?,
+                metadata: req.metadata.map(Value::Object).as_ref(),
+                tags: &json!(req.tags.unwrap_or_default()),
+            },
+        )
+        .await?;
+        let response = finish_create(&mut w, row).await?;
+        w.changed(Change::panel("column.created", panel_id));
+        Ok((w, response))
+    })
+    .await
 }
 
-/// Records the addition and stores the idempotent response, in the create's transaction.
-async fn finish_create(
-    tx: &mut Tx,
-    principal: &Principal,
-    row: ColumnRow,
-    key: Option<&str>,
-) -> Result<ColumnResponse> {
+/// Records the addition, in the create's transaction.
+async fn finish_create(w: &mut Writer<'_>, row: ColumnRow) -> Result<ColumnResponse> {
     let (id, panel_id, name) = (row.id, row.panel_id, row.name.clone());
     let response = ColumnResponse::from(row);
     let body = to_json(&response)?;
-    changes::record(
-        tx,
-        principal,
+    w.record(
         NewChange {
             panel_id,
             change_type: ChangeType::ColumnAdded,
             affected_column: Some(name.clone()),
             description: format!("Column \"{name}\" added"),
             old_values: None,
-            new_values: Some(body.clone()),
+            new_values: Some(body),
         },
         Affect::Column { id, name: &name },
     )
     .await?;
-    if let Some(key) = key {
-        idempotency::store(tx, &principal.tenant, principal, key, &body).await?;
-    }
     Ok(response)
 }
 
@@ -560,146 +543,147 @@ pub async fn update(
     if_match: &IfMatch,
     req: UpdateColumnRequest,
 ) -> Result<(ColumnResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    let current = repo::find_column(&mut tx, &principal.tenant, panel_id, column_id)
-        .await?
-        .ok_or_else(not_found)?;
-    if_match.check(&column_tag(&current))?;
-    let before = to_json(&ColumnResponse::from(current.clone()))?;
+    write::write(state, principal, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        let current = repo::find_column(&mut w.tx, &principal.tenant, panel_id, column_id)
+            .await?
+            .ok_or_else(not_found)?;
+        if_match.check(&column_tag(&current))?;
+        let before = to_json(&ColumnResponse::from(current.clone()))?;
 
-    let name = match req.name.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => name.to_owned(),
-        _ => current.name.clone(),
-    };
-    check_name(&name)?;
-    let renamed = name != current.name;
-    let column_type = req
-        .column_type
-        .map_or_else(|| current.column_type.clone(), |t| t.as_str().to_owned());
-    let retyped = column_type != current.column_type;
-    let properties = ColumnProperties::from_stored(current.properties.clone())
-        .merged(req.properties.unwrap_or_default());
-    let metadata = match req.metadata {
-        Some(map) => Some(Value::Object(map)),
-        None => current.metadata.clone(),
-    };
-    let tags = match req.tags {
-        Some(tags) => json!(tags),
-        None => current.tags.clone(),
-    };
+        let name = match req.name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => current.name.clone(),
+        };
+        check_name(&name)?;
+        let renamed = name != current.name;
+        let column_type = req
+            .column_type
+            .map_or_else(|| current.column_type.clone(), |t| t.as_str().to_owned());
+        let retyped = column_type != current.column_type;
+        let properties = ColumnProperties::from_stored(current.properties.clone())
+            .merged(req.properties.unwrap_or_default());
+        let metadata = match req.metadata {
+            Some(map) => Some(Value::Object(map)),
+            None => current.metadata.clone(),
+        };
+        let tags = match req.tags {
+            Some(tags) => json!(tags),
+            None => current.tags.clone(),
+        };
 
-    let (mut source_field, mut formula) = (current.source_field.clone(), current.formula.clone());
-    let (mut dependencies, mut result_type) =
-        (current.dependencies.clone(), current.result_type.clone());
-    if current.is_calculated() {
-        let new_formula = req
-            .formula
-            .unwrap_or_else(|| current.formula.clone().unwrap_or_default());
-        if renamed || Some(&new_formula) != current.formula.as_ref() {
-            let info = analyze_formula(
-                &mut tx,
-                principal,
-                panel_id,
-                Some(current.id),
-                &name,
-                &new_formula,
-            )
-            .await?;
-            if renamed && info.dependencies.contains(&current.name) {
-                return Err(ApiError::invalid(
-                    "formula",
-                    "a formula cannot refer to its own column",
-                ));
+        let (mut source_field, mut formula) =
+            (current.source_field.clone(), current.formula.clone());
+        let (mut dependencies, mut result_type) =
+            (current.dependencies.clone(), current.result_type.clone());
+        if current.is_calculated() {
+            let new_formula = req
+                .formula
+                .unwrap_or_else(|| current.formula.clone().unwrap_or_default());
+            if renamed || Some(&new_formula) != current.formula.as_ref() {
+                let info = analyze_formula(
+                    &mut w.tx,
+                    principal,
+                    panel_id,
+                    Some(current.id),
+                    &name,
+                    &new_formula,
+                )
+                .await?;
+                if renamed && info.dependencies.contains(&current.name) {
+                    return Err(ApiError::invalid(
+                        "formula",
+                        "a formula cannot refer to its own column",
+                    ));
+                }
+                dependencies = json!(info.dependencies);
+                result_type = info.result_type;
             }
-            dependencies = json!(info.dependencies);
-            result_type = info.result_type;
+            formula = Some(new_formula);
+        } else if let Some(field) = req.source_field {
+            source_field = Some(field);
         }
-        formula = Some(new_formula);
-    } else if let Some(field) = req.source_field {
-        source_field = Some(field);
-    }
 
-    let dependents = repo::dependents(
-        &mut tx,
-        &principal.tenant,
-        panel_id,
-        &current.name,
-        column_id,
-    )
-    .await?;
-    if renamed {
-        carry_rename(
-            &mut tx,
-            principal,
+        let dependents = repo::dependents(
+            &mut w.tx,
+            &principal.tenant,
             panel_id,
             &current.name,
-            &name,
-            &dependents,
+            column_id,
         )
         .await?;
-    }
-    let row = repo::update_column(
-        &mut tx,
-        &principal.tenant,
-        column_id,
-        &ColumnUpdate {
-            name: &name,
-            column_type: &column_type,
-            source_field: source_field.as_deref(),
-            formula: formula.as_deref(),
-            dependencies: &dependencies,
-            result_type: result_type.as_deref(),
-            properties: &to_json(&properties)?,
-            display_order: properties.order().and_then(|o| i32::try_from(o).ok()),
-            metadata: metadata.as_ref(),
-            tags: &tags,
-        },
-    )
-    .await?;
-    let tag = column_tag(&row);
-    let response = ColumnResponse::from(row);
-    let after = to_json(&response)?;
-    if after != before {
-        let affect = if retyped {
-            Affect::ColumnBroken {
-                id: column_id,
-                name: &name,
-                dependents: &dependents,
-            }
-        } else {
-            Affect::Column {
-                id: column_id,
-                name: &name,
-            }
-        };
-        let description = if retyped {
-            format!(
-                "Column \"{name}\" changed type from {} to {column_type}",
-                current.column_type
-            )
-        } else if renamed {
-            format!("Column \"{}\" renamed to \"{name}\"", current.name)
-        } else {
-            format!("Column \"{name}\" modified")
-        };
-        changes::record(
-            &mut tx,
-            principal,
-            NewChange {
+        if renamed {
+            carry_rename(
+                &mut w.tx,
+                principal,
                 panel_id,
-                change_type: ChangeType::ColumnModified,
-                affected_column: Some(name.clone()),
-                description,
-                old_values: Some(before),
-                new_values: Some(after),
+                &current.name,
+                &name,
+                &dependents,
+            )
+            .await?;
+        }
+        let row = repo::update_column(
+            &mut w.tx,
+            &principal.tenant,
+            column_id,
+            &ColumnUpdate {
+                name: &name,
+                column_type: &column_type,
+                source_field: source_field.as_deref(),
+                formula: formula.as_deref(),
+                dependencies: &dependencies,
+                result_type: result_type.as_deref(),
+                properties: &to_json(&properties)?,
+                display_order: properties.order().and_then(|o| i32::try_from(o).ok()),
+                metadata: metadata.as_ref(),
+                tags: &tags,
             },
-            affect,
         )
         .await?;
-    }
-    tx.commit().await?;
-    Ok((response, tag))
+        let tag = column_tag(&row);
+        let response = ColumnResponse::from(row);
+        let after = to_json(&response)?;
+        if after != before {
+            let affect = if retyped {
+                Affect::ColumnBroken {
+                    id: column_id,
+                    name: &name,
+                    dependents: &dependents,
+                }
+            } else {
+                Affect::Column {
+                    id: column_id,
+                    name: &name,
+                }
+            };
+            let description = if retyped {
+                format!(
+                    "Column \"{name}\" changed type from {} to {column_type}",
+                    current.column_type
+                )
+            } else if renamed {
+                format!("Column \"{}\" renamed to \"{name}\"", current.name)
+            } else {
+                format!("Column \"{name}\" modified")
+            };
+            w.record(
+                NewChange {
+                    panel_id,
+                    change_type: ChangeType::ColumnModified,
+                    affected_column: Some(name.clone()),
+                    description,
+                    old_values: Some(before),
+                    new_values: Some(after),
+                },
+                affect,
+            )
+            .await?;
+        }
+        w.changed(Change::panel("column.updated", panel_id).with("columnId", column_id));
+        Ok((w, (response, tag)))
+    })
+    .await
 }
 
 /// A rename follows the column everywhere it is named: dependents' formulas and dependency
@@ -757,17 +741,17 @@ pub async fn delete(
     if_match: &IfMatch,
     force: bool,
 ) -> Result<()> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    let current = repo::find_column(&mut tx, &principal.tenant, panel_id, column_id)
+    write::write(state, principal, |mut w| async move {
+    authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+    let current = repo::find_column(&mut w.tx, &principal.tenant, panel_id, column_id)
         .await?
         .ok_or_else(not_found)?;
     if_match.check(&column_tag(&current))?;
     let name = current.name.clone();
 
-    let views = repo::view_uses(&mut tx, &principal.tenant, panel_id, column_id, &name).await?;
+    let views = repo::view_uses(&mut w.tx, &principal.tenant, panel_id, column_id, &name).await?;
     let dependents =
-        repo::dependents(&mut tx, &principal.tenant, panel_id, &name, column_id).await?;
+        repo::dependents(&mut w.tx, &principal.tenant, panel_id, &name, column_id).await?;
     let mut uses = Vec::new();
     let mut filtered = Vec::new();
     for view in &views {
@@ -801,9 +785,7 @@ pub async fn delete(
 
     // Recorded before the references go, so the views that used the column count as broken.
     let before = to_json(&ColumnResponse::from(current))?;
-    changes::record(
-        &mut tx,
-        principal,
+    w.record(
         NewChange {
             panel_id,
             change_type: ChangeType::ColumnRemoved,
@@ -824,25 +806,27 @@ pub async fn delete(
     )
     .await?;
     if views.iter().any(|v| v.visible) {
-        repo::hide_column(&mut tx, &principal.tenant, panel_id, column_id).await?;
+        repo::hide_column(&mut w.tx, &principal.tenant, panel_id, column_id).await?;
     }
     if views.iter().any(|v| v.sorted) {
-        repo::delete_sorts(&mut tx, &principal.tenant, panel_id, &name).await?;
+        repo::delete_sorts(&mut w.tx, &principal.tenant, panel_id, &name).await?;
     }
     if !filtered.is_empty() {
         repo::set_view_filters(
-            &mut tx,
+            &mut w.tx,
             &principal.tenant,
             panel_id,
             &Value::Array(filtered),
         )
         .await?;
     }
-    if !repo::delete_column(&mut tx, &principal.tenant, column_id).await? {
+    if !repo::delete_column(&mut w.tx, &principal.tenant, column_id).await? {
         return Err(not_found());
     }
-    tx.commit().await?;
-    Ok(())
+    w.changed(Change::panel("column.deleted", panel_id).with("columnId", column_id));
+    Ok((w, ()))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
@@ -852,43 +836,46 @@ pub async fn reorder(
     panel_id: i64,
     req: ReorderColumnsRequest,
 ) -> Result<ColumnListResponse> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    repo::lock_panel(&mut tx, &principal.tenant, panel_id).await?;
-    let existing: HashSet<i64> = repo::column_ids(&mut tx, &principal.tenant, panel_id)
-        .await?
-        .into_iter()
-        .collect();
-    let listed: HashSet<i64> = req.column_ids.iter().copied().collect();
-    if listed.len() != req.column_ids.len() {
-        return Err(ApiError::invalid(
-            "columnIds",
-            "lists a column more than once",
-        ));
-    }
-    if listed != existing {
-        let mut missing: Vec<i64> = existing.difference(&listed).copied().collect();
-        let mut unknown: Vec<i64> = listed.difference(&existing).copied().collect();
-        missing.sort_unstable();
-        unknown.sort_unstable();
-        let mut details = Vec::new();
-        if !missing.is_empty() {
-            details.push(FieldError::new(
+    write::write(state, principal, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        repo::lock_panel(&mut w.tx, &principal.tenant, panel_id).await?;
+        let existing: HashSet<i64> = repo::column_ids(&mut w.tx, &principal.tenant, panel_id)
+            .await?
+            .into_iter()
+            .collect();
+        let listed: HashSet<i64> = req.column_ids.iter().copied().collect();
+        if listed.len() != req.column_ids.len() {
+            return Err(ApiError::invalid(
                 "columnIds",
-                format!("misses the panel's columns {missing:?}"),
+                "lists a column more than once",
             ));
         }
-        if !unknown.is_empty() {
-            details.push(FieldError::new(
-                "columnIds",
-                format!("names columns that are not in this panel: {unknown:?}"),
-            ));
+        if listed != existing {
+            let mut missing: Vec<i64> = existing.difference(&listed).copied().collect();
+            let mut unknown: Vec<i64> = listed.difference(&existing).copied().collect();
+            missing.sort_unstable();
+            unknown.sort_unstable();
+            let mut details = Vec::new();
+            if !missing.is_empty() {
+                details.push(FieldError::new(
+                    "columnIds",
+                    format!("misses the panel's columns {missing:?}"),
+                ));
+            }
+            if !unknown.is_empty() {
+                details.push(FieldError::new(
+                    "columnIds",
+                    format!("names columns that are not in this panel: {unknown:?}"),
+                ));
+            }
+            return Err(ApiError::validation(details));
         }
-        return Err(ApiError::validation(details));
-    }
-    let rows = repo::reorder_columns(&mut tx, &principal.tenant, panel_id, &req.column_ids).await?;
-    tx.commit().await?;
-    Ok(ColumnListResponse::from_rows(rows))
+        let rows =
+            repo::reorder_columns(&mut w.tx, &principal.tenant, panel_id, &req.column_ids).await?;
+        w.changed(Change::panel("columns.reordered", panel_id));
+        Ok((w, ColumnListResponse::from_rows(rows)))
+    })
+    .await
 }
 
 #[cfg(test)]

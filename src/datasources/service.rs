@@ -16,15 +16,16 @@ use super::model::*;
 use super::repo;
 use crate::auth::{Principal, TenantId};
 use crate::cache::Change;
-use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::changes::{Affect, ChangeType, NewChange};
 use crate::db::Tx;
 use crate::error::{ApiError, FieldError, Result};
 use crate::etag::{IfMatch, etag};
-use crate::idempotency::{self, Outcome};
+use crate::idempotency::Outcome;
 use crate::netguard::{self, Blocked};
 use crate::page::{self, Page};
 use crate::panels::{Access, authorize};
 use crate::state::AppState;
+use crate::write::{self, Idempotency, Writer};
 
 pub fn not_found() -> ApiError {
     ApiError::not_found("DATA_SOURCE_NOT_FOUND", "Data source not found")
@@ -32,10 +33,6 @@ pub fn not_found() -> ApiError {
 
 fn tag_of(row: &DataSourceRow) -> String {
     etag("data_source", row.id, row.version)
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
 }
 
 /// The plaintext config to store (in the open form: the URL masked, its credentials beside it):
@@ -225,16 +222,13 @@ fn snapshot(row: &DataSourceRow) -> Value {
 }
 
 async fn record(
-    tx: &mut Tx,
-    principal: &Principal,
+    w: &mut Writer<'_>,
     panel_id: i64,
     description: &str,
     old: Option<Value>,
     new: Option<Value>,
 ) -> Result<()> {
-    changes::record(
-        tx,
-        principal,
+    w.record(
         NewChange {
             panel_id,
             change_type: ChangeType::SourceChanged,
@@ -245,8 +239,7 @@ async fn record(
         },
         Affect::Panel,
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 async fn find(
@@ -279,20 +272,7 @@ pub async fn create(
     idempotency_key: Option<&str>,
     digest: &[u8],
 ) -> Result<Outcome<DataSourceResponse>> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    if let Some(key) = idempotency_key
-        && let Some(replay) = idempotency::claim(
-            &mut tx,
-            &principal.tenant,
-            principal,
-            key,
-            &scoped_digest(panel_id, digest),
-        )
-        .await?
-    {
-        return Ok(Outcome::Replayed(replay));
-    }
+    // Checked (and its host resolved) before the transaction: no connection waits on DNS.
     let plain = prepare_config(
         state.config.allow_private_source_hosts,
         req.kind,
@@ -300,46 +280,38 @@ pub async fn create(
         None,
     )
     .await?;
-    // The id first: every secret's ciphertext is bound to its source.
-    let id = repo::next_data_source_id(&mut tx).await?;
-    let scope = SecretScope {
-        tenant: principal.tenant.as_str(),
-        data_source_id: id,
-    };
-    let sealed = encrypt_config(&state.crypto, scope, &plain)?;
-    let row = repo::insert_data_source(
-        &mut tx,
-        &principal.tenant,
-        id,
-        panel_id,
-        req.kind.as_str(),
-        &sealed,
-    )
-    .await?;
-    record(
-        &mut tx,
-        principal,
-        panel_id,
-        "Data source added",
-        None,
-        Some(snapshot(&row)),
-    )
-    .await?;
-    let response = DataSourceResponse::from(&row);
-    if let Some(key) = idempotency_key {
-        idempotency::store(
-            &mut tx,
+    let digest = scoped_digest(panel_id, digest);
+    let key = Idempotency::of(idempotency_key, &digest);
+    write::create(state, principal, key, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        // The id first: every secret's ciphertext is bound to its source.
+        let id = repo::next_data_source_id(&mut w.tx).await?;
+        let scope = SecretScope {
+            tenant: principal.tenant.as_str(),
+            data_source_id: id,
+        };
+        let sealed = encrypt_config(&state.crypto, scope, &plain)?;
+        let row = repo::insert_data_source(
+            &mut w.tx,
             &principal.tenant,
-            principal,
-            key,
-            &to_json(&response)?,
+            id,
+            panel_id,
+            req.kind.as_str(),
+            &sealed,
         )
         .await?;
-    }
-    tx.commit().await?;
-    let change = Change::panel("datasource.created", panel_id).with("dataSourceId", response.id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok(Outcome::Created(response))
+        record(
+            &mut w,
+            panel_id,
+            "Data source added",
+            None,
+            Some(snapshot(&row)),
+        )
+        .await?;
+        w.changed(Change::panel("datasource.created", panel_id).with("dataSourceId", id));
+        Ok((w, DataSourceResponse::from(&row)))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id))]
@@ -382,52 +354,52 @@ pub async fn update(
     if_match: &IfMatch,
     req: DataSourceRequest,
 ) -> Result<(DataSourceResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    let current = find(&mut tx, principal, panel_id, id, true).await?;
-    if_match.check(&tag_of(&current))?;
-    let scope = SecretScope {
-        tenant: principal.tenant.as_str(),
-        data_source_id: id,
-    };
-    let old_plain = open_config(&state.crypto, scope, &current.config)?;
-    // A kept secret may stay only at the same destination, which is the stored one's only if the
-    // type is the same.
-    let stored = (req.kind.as_str() == current.kind).then_some(&old_plain);
-    let new_plain = prepare_config(
-        state.config.allow_private_source_hosts,
-        req.kind,
-        req.config,
-        stored,
-    )
-    .await?;
-    if req.kind.as_str() == current.kind && new_plain == old_plain {
-        tx.commit().await?;
-        return Ok((DataSourceResponse::from(&current), tag_of(&current)));
-    }
-    let sealed = encrypt_config(&state.crypto, scope, &new_plain)?;
-    let row = repo::update_data_source(&mut tx, &principal.tenant, id, req.kind.as_str(), &sealed)
+    write::write(state, principal, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        let current = find(&mut w.tx, principal, panel_id, id, true).await?;
+        if_match.check(&tag_of(&current))?;
+        let scope = SecretScope {
+            tenant: principal.tenant.as_str(),
+            data_source_id: id,
+        };
+        let old_plain = open_config(&state.crypto, scope, &current.config)?;
+        // A kept secret may stay only at the same destination, which is the stored one's only if the
+        // type is the same.
+        let stored = (req.kind.as_str() == current.kind).then_some(&old_plain);
+        let new_plain = prepare_config(
+            state.config.allow_private_source_hosts,
+            req.kind,
+            req.config,
+            stored,
+        )
         .await?;
-    let mut new_values = snapshot(&row);
-    let secrets = changed_secrets(&old_plain, &new_plain);
-    if !secrets.is_empty()
-        && let Value::Object(map) = &mut new_values
-    {
-        map.insert("changedSecrets".to_owned(), json!(secrets));
-    }
-    record(
-        &mut tx,
-        principal,
-        panel_id,
-        "Data source changed",
-        Some(snapshot(&current)),
-        Some(new_values),
-    )
-    .await?;
-    tx.commit().await?;
-    let change = Change::panel("datasource.updated", panel_id).with("dataSourceId", id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok((DataSourceResponse::from(&row), tag_of(&row)))
+        if req.kind.as_str() == current.kind && new_plain == old_plain {
+            let unchanged = (DataSourceResponse::from(&current), tag_of(&current));
+            return Ok((w, unchanged));
+        }
+        let sealed = encrypt_config(&state.crypto, scope, &new_plain)?;
+        let row =
+            repo::update_data_source(&mut w.tx, &principal.tenant, id, req.kind.as_str(), &sealed)
+                .await?;
+        let mut new_values = snapshot(&row);
+        let secrets = changed_secrets(&old_plain, &new_plain);
+        if !secrets.is_empty()
+            && let Value::Object(map) = &mut new_values
+        {
+            map.insert("changedSecrets".to_owned(), json!(secrets));
+        }
+        record(
+            &mut w,
+            panel_id,
+            "Data source changed",
+            Some(snapshot(&current)),
+            Some(new_values),
+        )
+        .await?;
+        w.changed(Change::panel("datasource.updated", panel_id).with("dataSourceId", id));
+        Ok((w, (DataSourceResponse::from(&row), tag_of(&row))))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
@@ -438,26 +410,19 @@ pub async fn delete(
     id: i64,
     if_match: &IfMatch,
 ) -> Result<()> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    authorize(&mut tx, principal, panel_id, Access::Build).await?;
-    let current = find(&mut tx, principal, panel_id, id, true).await?;
-    if_match.check(&tag_of(&current))?;
-    if !repo::delete_data_source(&mut tx, &principal.tenant, id).await? {
-        return Err(not_found());
-    }
-    record(
-        &mut tx,
-        principal,
-        panel_id,
-        "Data source removed",
-        Some(snapshot(&current)),
-        None,
-    )
-    .await?;
-    tx.commit().await?;
-    let change = Change::panel("datasource.deleted", panel_id).with("dataSourceId", id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok(())
+    write::write(state, principal, |mut w| async move {
+        authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+        let current = find(&mut w.tx, principal, panel_id, id, true).await?;
+        if_match.check(&tag_of(&current))?;
+        if !repo::delete_data_source(&mut w.tx, &principal.tenant, id).await? {
+            return Err(not_found());
+        }
+        let old = Some(snapshot(&current));
+        record(&mut w, panel_id, "Data source removed", old, None).await?;
+        w.changed(Change::panel("datasource.deleted", panel_id).with("dataSourceId", id));
+        Ok((w, ()))
+    })
+    .await
 }
 
 /// Re-encrypts one source's secrets under the current key, in its own transaction; false when

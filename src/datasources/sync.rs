@@ -20,12 +20,13 @@ use super::crypto::{SecretScope, decrypt_config, mask_config};
 use super::model::DataSourceRow;
 use super::repo;
 use crate::auth::{Credential, Principal, Role, TenantId};
-use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::changes::{Affect, ChangeType, NewChange};
 use crate::error::{ApiError, Result};
 use crate::jobs::repo::{self as runs, RunRow};
 use crate::jobs::{Claimed, backoff};
 use crate::panels::{Access, authorize};
 use crate::state::AppState;
+use crate::write;
 
 /// Records one push may carry.
 pub const MAX_PUSH_RECORDS: usize = 10_000;
@@ -190,34 +191,11 @@ pub async fn sync(
         }
         _ => {
             // A custom source's records arrive by push: a sync has nothing to pull.
-            let mut tx = state.db.begin(&principal.tenant).await?;
-            let run =
-                runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "manual", "api")
-                    .await?;
-            tx.commit().await?;
-            let sink = Sink::new(
-                state.db.clone(),
-                principal.tenant.clone(),
-                panel_id,
-                id,
-                run.id,
-                "id".to_owned(),
-                false,
-            );
-            finish_run(
-                state,
-                &principal.tenant,
-                run.id,
-                "api",
-                panel_id,
-                id,
-                sink,
-                Ok(()),
-                false,
-                None,
-            )
-            .await?;
-            find_run(state, &principal.tenant, run.id).await?
+            let common = Common::from_config(&Value::Null);
+            let run = InRequest::start(state, principal, panel_id, id, "manual", &common).await?;
+            let run_id = run.id();
+            run.finish(state, Ok(())).await?;
+            find_run(state, &principal.tenant, run_id).await?
         }
     };
     let source = load(state, principal, panel_id, id).await?;
@@ -429,7 +407,8 @@ async fn finish_run(
         Ok(()) => sink.finish(delete_missing).await,
         Err(err) => Err(err),
     };
-    let mut tx = state.db.begin(tenant).await?;
+    let actor = system(tenant);
+    write::write(state, &actor, |mut w| async move {
     let counts = match finished {
         Ok(counts) => {
             let outcome = runs::Outcome {
@@ -442,12 +421,10 @@ async fn finish_run(
                 last_error: None,
                 retry_at: None,
             };
-            runs::finish(&mut tx, tenant, run_id, worker, &outcome).await?;
-            repo::touch_last_sync(&mut tx, tenant, data_source_id).await?;
+            runs::finish(&mut w.tx, tenant, run_id, worker, &outcome).await?;
+            repo::touch_last_sync(&mut w.tx, tenant, data_source_id).await?;
             if counts.inserted + counts.updated + counts.deleted > 0 {
-                changes::record(
-                    &mut tx,
-                    &system(tenant),
+                w.record(
                     NewChange {
                         panel_id,
                         change_type: ChangeType::SourceChanged,
@@ -485,12 +462,98 @@ async fn finish_run(
                 last_error: Some(err.to_string().chars().take(2000).collect()),
                 retry_at,
             };
-            runs::finish(&mut tx, tenant, run_id, worker, &outcome).await?;
+            runs::finish(&mut w.tx, tenant, run_id, worker, &outcome).await?;
             SinkCounts::default()
         }
     };
-    tx.commit().await?;
-    Ok(counts)
+    Ok((w, counts))
+    })
+    .await
+}
+
+/// A run this request drives itself (an upload, a push, a custom source's sync): started as
+/// running, its records written through its sink, ended by [`InRequest::finish`], or ended as
+/// dead at once should the request end first ([`Unfinished`]).
+struct InRequest {
+    run_id: i64,
+    tenant: TenantId,
+    panel_id: i64,
+    data_source_id: i64,
+    worker: &'static str,
+    delete_missing: bool,
+    sink: Sink,
+    guard: Unfinished,
+}
+
+impl InRequest {
+    /// Starts a run of source `id` (409 `SYNC_IN_PROGRESS` while another runs).
+    async fn start(
+        state: &AppState,
+        principal: &Principal,
+        panel_id: i64,
+        id: i64,
+        trigger: &'static str,
+        common: &Common,
+    ) -> Result<Self> {
+        // A push never deletes (it is never the whole source); an upload or a sync may.
+        let worker = if trigger == "manual" { "api" } else { trigger };
+        let delete_missing = common.delete_missing && trigger != "push";
+        let tenant = principal.tenant.clone();
+        let run = crate::write::write(state, principal, |mut w| async move {
+            let run =
+                runs::insert_running(&mut w.tx, &principal.tenant, panel_id, id, trigger, worker)
+                    .await?;
+            Ok((w, run))
+        })
+        .await?;
+        let sink = Sink::new(
+            state.db.clone(),
+            tenant.clone(),
+            panel_id,
+            id,
+            run.id,
+            common.key_field.clone(),
+            common.stop_on_error && trigger == "upload",
+        )
+        .track_seen(delete_missing);
+        Ok(Self {
+            run_id: run.id,
+            guard: Unfinished::new(state, &tenant, run.id, worker),
+            tenant,
+            panel_id,
+            data_source_id: id,
+            worker,
+            delete_missing,
+            sink,
+        })
+    }
+
+    fn id(&self) -> i64 {
+        self.run_id
+    }
+
+    /// Ends the run with what its records' pull returned.
+    async fn finish(
+        mut self,
+        state: &AppState,
+        pulled: Result<(), SyncError>,
+    ) -> Result<SinkCounts> {
+        let finished = finish_run(
+            state,
+            &self.tenant,
+            self.run_id,
+            self.worker,
+            self.panel_id,
+            self.data_source_id,
+            self.sink,
+            pulled,
+            self.delete_missing,
+            None,
+        )
+        .await;
+        self.guard.disarm();
+        finished
+    }
 }
 
 /// A run this request started and has not ended yet. Dropped before [`Unfinished::disarm`] (the
@@ -583,40 +646,11 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
     let common = Common::from_config(&config);
     let connector = FileConnector::from_config(&config, content_type, body)
         .map_err(|e| ApiError::bad_request("INVALID_SOURCE_CONFIG", e.to_string()))?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let run =
-        runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "upload", "upload").await?;
-    tx.commit().await?;
-    // Should this request end before the run does (the client went away, the deadline passed),
-    // the run ends as failed at once rather than holding the source for its lease.
-    let mut guard = Unfinished::new(state, &principal.tenant, run.id, "upload");
-    let mut sink = Sink::new(
-        state.db.clone(),
-        principal.tenant.clone(),
-        panel_id,
-        id,
-        run.id,
-        common.key_field.clone(),
-        common.stop_on_error,
-    )
-    .track_seen(common.delete_missing);
-    let pulled = connector.pull(&mut sink).await;
-    let finished = finish_run(
-        state,
-        &principal.tenant,
-        run.id,
-        "upload",
-        panel_id,
-        id,
-        sink,
-        pulled,
-        common.delete_missing,
-        None,
-    )
-    .await;
-    guard.disarm();
-    finished?;
-    let run = find_run(state, &principal.tenant, run.id).await?;
+    let mut run = InRequest::start(state, principal, panel_id, id, "upload", &common).await?;
+    let run_id = run.id();
+    let pulled = connector.pull(&mut run.sink).await;
+    run.finish(state, pulled).await?;
+    let run = find_run(state, &principal.tenant, run_id).await?;
     let source = load(state, principal, panel_id, id).await?;
     Ok(result(&source, run))
 }
@@ -650,45 +684,18 @@ pub async fn push(
         &source.config,
     )?;
     let common = Common::from_config(&config);
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let run =
-        runs::insert_running(&mut tx, &principal.tenant, panel_id, id, "push", "push").await?;
-    tx.commit().await?;
-    let mut guard = Unfinished::new(state, &principal.tenant, run.id, "push");
-    let mut sink = Sink::new(
-        state.db.clone(),
-        principal.tenant.clone(),
-        panel_id,
-        id,
-        run.id,
-        common.key_field.clone(),
-        false,
-    )
-    .track_seen(false);
+    let mut run = InRequest::start(state, principal, panel_id, id, "push", &common).await?;
+    let run_id = run.id();
     let received = req.records.len();
     let mut pushed = Ok(());
     for (i, record) in req.records.into_iter().enumerate() {
-        if let Err(err) = sink.record(i as u64 + 1, record).await {
+        if let Err(err) = run.sink.record(i as u64 + 1, record).await {
             pushed = Err(err);
             break;
         }
     }
-    let counts = finish_run(
-        state,
-        &principal.tenant,
-        run.id,
-        "push",
-        panel_id,
-        id,
-        sink,
-        pushed,
-        false,
-        None,
-    )
-    .await;
-    guard.disarm();
-    let counts = counts?;
-    let run = find_run(state, &principal.tenant, run.id).await?;
+    let counts = run.finish(state, pushed).await?;
+    let run = find_run(state, &principal.tenant, run_id).await?;
     if run.status != "succeeded" {
         return Err(ApiError::Internal(anyhow::anyhow!(
             "push failed: {}",

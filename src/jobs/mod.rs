@@ -99,11 +99,9 @@ async fn work(queue: Queue, handler: Handler, worker: String, stop: Cancellation
         match claimed {
             Ok(Some(run)) => {
                 let span = tracing::info_span!("sync", run_id = run.id, tenant = %run.tenant_id, data_source_id = run.data_source_id);
-                let _ = tracing::Instrument::instrument(
-                    process(&queue, &handler, &worker, run),
-                    span,
-                )
-                .await;
+                let _ =
+                    tracing::Instrument::instrument(process(&queue, &handler, &worker, run), span)
+                        .await;
             }
             Ok(None) => {
                 let woken = queue.wakeup.0.notified();

@@ -7,18 +7,19 @@ use tracing::instrument;
 use super::batch;
 use super::model::*;
 use super::repo;
-use crate::auth::Principal;
 use crate::acls::model::Permission;
 use crate::acls::service as acl;
+use crate::auth::Principal;
 use crate::cache::{self, Cached, Change, Depends};
-use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::changes::{Affect, ChangeType, NewChange};
 use crate::db::Tx;
-use crate::error::{ApiError, FieldError, Result};
+use crate::error::{ApiError, FieldError, Result, to_json};
 use crate::etag::{IfMatch, etag};
 use crate::filter::{FieldKind, FilterGroup};
-use crate::idempotency::{self, Outcome};
+use crate::idempotency::Outcome;
 use crate::page::{self, Page};
 use crate::state::AppState;
+use crate::write::{self, Idempotency};
 
 pub const DEFAULT_NAME: &str = "New Panel";
 
@@ -116,10 +117,6 @@ fn validate_rule(rule: &FilterGroup, columns: &[(String, String)]) -> Result<()>
     }
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
-}
-
 #[instrument(skip_all, fields(tenant = %principal.tenant))]
 pub async fn create(
     state: &AppState,
@@ -147,34 +144,26 @@ pub async fn create(
         cohort_rule: rule,
         metadata,
     };
-    let response = match idempotency_key {
-        // The common case: one statement, committed alone or with concurrent creates.
-        None => PanelResponse::from(state.creates.create(&principal.tenant, panel).await?),
-        // With a key: claim it, create, and store the answer, in one transaction.
-        Some(key) => {
-            let mut tx = state.db.begin(&principal.tenant).await?;
-            if let Some(replay) =
-                idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
-            {
-                return Ok(Outcome::Replayed(replay));
-            }
-            let row = batch::one(batch::insert(&mut tx, &principal.tenant, &[&panel]).await?)?;
-            let response = PanelResponse::from(row);
-            idempotency::store(
-                &mut tx,
-                &principal.tenant,
-                principal,
-                key,
-                &to_json(&response)?,
-            )
-            .await?;
-            tx.commit().await?;
-            response
-        }
+    let Some(key) = idempotency_key else {
+        // The common case: one statement, committed alone or with the concurrent creates of a
+        // group; the group's commit is this write's commit, then the same after-commit step.
+        let response = PanelResponse::from(state.creates.create(&principal.tenant, panel).await?);
+        write::published(state, &principal.tenant, vec![created(&response)]).await;
+        return Ok(Outcome::Created(response));
     };
-    let change = Change::panel("panel.created", response.id).lists();
-    state.cache.committed(&principal.tenant, change).await;
-    Ok(Outcome::Created(response))
+    let key = Idempotency::of(Some(key), digest);
+    write::create(state, principal, key, |mut w| async move {
+        let row = batch::one(batch::insert(&mut w.tx, &principal.tenant, &[&panel]).await?)?;
+        let response = PanelResponse::from(row);
+        w.changed(created(&response));
+        Ok((w, response))
+    })
+    .await
+}
+
+/// What a panel create changes for readers: its own reads and every list.
+fn created(panel: &PanelResponse) -> Change {
+    Change::panel("panel.created", panel.id).lists()
 }
 
 /// Owner entries are keyed by e-mail; a token without one falls back to its subject.
@@ -263,64 +252,62 @@ pub async fn update(
     if_match: &IfMatch,
     req: UpdatePanelRequest,
 ) -> Result<(PanelResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Access::Build).await?;
-    if_match.check(&etag("panel", current.id, current.version))?;
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Access::Build).await?;
+        if_match.check(&etag("panel", current.id, current.version))?;
 
-    let name = match req.name.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => name.to_owned(),
-        _ => current.name.clone(),
-    };
-    let description = match req.description {
-        Some(description) => description,
-        None => current.description.clone(),
-    };
-    let mut metadata = match &current.metadata {
-        Value::Object(map) => map.clone(),
-        _ => Map::new(),
-    };
-    if let Some(patch) = req.metadata {
-        metadata.extend(patch);
-    }
-    let old_rule = current.cohort_rule.clone();
-    let rule = match &req.cohort_rule {
-        Some(rule) => {
-            check_cohort(&mut tx, principal, id, rule).await?;
-            to_json(rule)?
+        let name = match req.name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => current.name.clone(),
+        };
+        let description = match req.description {
+            Some(description) => description,
+            None => current.description.clone(),
+        };
+        let mut metadata = match &current.metadata {
+            Value::Object(map) => map.clone(),
+            _ => Map::new(),
+        };
+        if let Some(patch) = req.metadata {
+            metadata.extend(patch);
         }
-        None => old_rule.clone(),
-    };
-    let row = repo::update_panel(
-        &mut tx,
-        &principal.tenant,
-        id,
-        &name,
-        description.as_deref(),
-        &rule,
-        &metadata,
-    )
-    .await?;
-    if rule != old_rule {
-        changes::record(
-            &mut tx,
-            principal,
-            NewChange {
-                panel_id: id,
-                change_type: ChangeType::CohortChanged,
-                affected_column: None,
-                description: "Cohort rule changed".to_owned(),
-                old_values: Some(serde_json::json!({ "cohortRule": old_rule })),
-                new_values: Some(serde_json::json!({ "cohortRule": rule })),
-            },
-            Affect::Panel,
+        let old_rule = current.cohort_rule.clone();
+        let rule = match &req.cohort_rule {
+            Some(rule) => {
+                check_cohort(&mut w.tx, principal, id, rule).await?;
+                to_json(rule)?
+            }
+            None => old_rule.clone(),
+        };
+        let row = repo::update_panel(
+            &mut w.tx,
+            &principal.tenant,
+            id,
+            &name,
+            description.as_deref(),
+            &rule,
+            &metadata,
         )
         .await?;
-    }
-    tx.commit().await?;
-    let change = Change::panel("panel.updated", id).lists();
-    state.cache.committed(&principal.tenant, change).await;
-    let tag = etag("panel", row.id, row.version);
-    Ok((row.into(), tag))
+        if rule != old_rule {
+            w.record(
+                NewChange {
+                    panel_id: id,
+                    change_type: ChangeType::CohortChanged,
+                    affected_column: None,
+                    description: "Cohort rule changed".to_owned(),
+                    old_values: Some(serde_json::json!({ "cohortRule": old_rule })),
+                    new_values: Some(serde_json::json!({ "cohortRule": rule })),
+                },
+                Affect::Panel,
+            )
+            .await?;
+        }
+        w.changed(Change::panel("panel.updated", id).lists());
+        let tag = etag("panel", row.id, row.version);
+        Ok((w, (row.into(), tag)))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
@@ -330,14 +317,14 @@ pub async fn delete(
     id: i64,
     if_match: &IfMatch,
 ) -> Result<()> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Access::Own).await?;
-    if_match.check(&etag("panel", current.id, current.version))?;
-    if !repo::delete_panel(&mut tx, &principal.tenant, id).await? {
-        return Err(not_found());
-    }
-    tx.commit().await?;
-    let change = Change::panel("panel.deleted", id).lists();
-    state.cache.committed(&principal.tenant, change).await;
-    Ok(())
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Access::Own).await?;
+        if_match.check(&etag("panel", current.id, current.version))?;
+        if !repo::delete_panel(&mut w.tx, &principal.tenant, id).await? {
+            return Err(not_found());
+        }
+        w.changed(Change::panel("panel.deleted", id).lists());
+        Ok((w, ()))
+    })
+    .await
 }

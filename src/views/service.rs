@@ -9,19 +9,20 @@ use tracing::instrument;
 use super::model::*;
 use super::repo::{self, PanelColumn, ViewFilter};
 use crate::acls;
-use crate::auth::Principal;
 use crate::acls::model::{Permission, ResourceType};
 use crate::acls::service as acl;
+use crate::auth::Principal;
 use crate::cache::{self, Cached, Change, Depends};
-use crate::changes::{self, Affect, ChangeType, NewChange};
+use crate::changes::{Affect, ChangeType, NewChange};
 use crate::db::Tx;
-use crate::error::{ApiError, FieldError, Result};
+use crate::error::{ApiError, FieldError, Result, to_json};
 use crate::etag::{IfMatch, etag};
 use crate::filter::{Condition, FieldKind, FilterGroup, FilterNode, Logic, Operator};
-use crate::idempotency::{self, Outcome};
+use crate::idempotency::Outcome;
 use crate::page::{self, Page};
 use crate::panels::{self, Access};
 use crate::state::AppState;
+use crate::write::{self, Idempotency};
 
 pub fn not_found() -> ApiError {
     ApiError::not_found("VIEW_NOT_FOUND", "View not found")
@@ -29,18 +30,6 @@ pub fn not_found() -> ApiError {
 
 fn view_etag(row: &ViewRow) -> String {
     etag("view", row.id, row.version)
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<Value> {
-    serde_json::to_value(value).map_err(|e| ApiError::Internal(e.into()))
-}
-
-fn require_write(principal: &Principal) -> Result<()> {
-    if principal.can_write() {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("This API key is read-only"))
-    }
 }
 
 /// Loads a view of the caller's tenant the caller holds `needed` on. A published view is
@@ -63,9 +52,6 @@ async fn authorize(
         held = Some(Permission::Viewer);
     }
     acl::require(held, needed, not_found())?;
-    if needed > Permission::Viewer {
-        require_write(principal)?;
-    }
     Ok(view)
 }
 
@@ -127,55 +113,39 @@ pub async fn create(
     idempotency_key: Option<&str>,
     digest: &[u8],
 ) -> Result<Outcome<ViewResponse>> {
-    require_write(principal)?;
     let name = check_name(&req.name)?;
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    if let Some(key) = idempotency_key
-        && let Some(replay) =
-            idempotency::claim(&mut tx, &principal.tenant, principal, key, digest).await?
-    {
-        return Ok(Outcome::Replayed(replay));
-    }
-    let panel = panels::authorize(&mut tx, principal, req.panel_id, Access::Read).await?;
-    let columns = repo::panel_columns(&mut tx, &principal.tenant, panel.id).await?;
-    let visible = check_visible_columns(&req.visible_columns, &columns)?;
-    let metadata = req.metadata.map(Value::Object);
-    let row = repo::insert_view(
-        &mut tx,
-        &principal.tenant,
-        panel.id,
-        &name,
-        &principal.user_id,
-        &principal.email,
-        &to_json(&visible)?,
-        metadata.as_ref(),
-    )
-    .await?;
-    let owner = panels::service::owner_key(principal).to_lowercase();
-    acls::repo::insert(
-        &mut tx,
-        &principal.tenant,
-        ResourceType::View,
-        row.id,
-        &owner,
-        Permission::Owner.as_str(),
-    )
-    .await?;
-    let response = ViewResponse::new(row, Vec::new());
-    if let Some(key) = idempotency_key {
-        idempotency::store(
-            &mut tx,
+    let key = Idempotency::of(idempotency_key, digest);
+    write::create(state, principal, key, |mut w| async move {
+        let panel = panels::authorize(&mut w.tx, principal, req.panel_id, Access::Read).await?;
+        let columns = repo::panel_columns(&mut w.tx, &principal.tenant, panel.id).await?;
+        let visible = check_visible_columns(&req.visible_columns, &columns)?;
+        let metadata = req.metadata.map(Value::Object);
+        let row = repo::insert_view(
+            &mut w.tx,
             &principal.tenant,
-            principal,
-            key,
-            &to_json(&response)?,
+            panel.id,
+            &name,
+            &principal.user_id,
+            &principal.email,
+            &to_json(&visible)?,
+            metadata.as_ref(),
         )
         .await?;
-    }
-    tx.commit().await?;
-    let change = Change::panel("view.created", panel.id).with("viewId", response.id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok(Outcome::Created(response))
+        let owner = panels::service::owner_key(principal).to_lowercase();
+        acls::repo::insert(
+            &mut w.tx,
+            &principal.tenant,
+            ResourceType::View,
+            row.id,
+            &owner,
+            Permission::Owner.as_str(),
+        )
+        .await?;
+        let response = ViewResponse::new(row, Vec::new());
+        w.changed(Change::panel("view.created", panel.id).with("viewId", response.id));
+        Ok((w, response))
+    })
+    .await
 }
 
 /// A page of the views the caller can see, newest first (by id, so that the keyset cursor stays
@@ -294,45 +264,47 @@ pub async fn update(
     if_match: &IfMatch,
     req: UpdateViewRequest,
 ) -> Result<(ViewResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Permission::Editor).await?;
-    if_match.check(&view_etag(&current))?;
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Permission::Editor).await?;
+        if_match.check(&view_etag(&current))?;
 
-    let name = match req.name.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => check_name(name)?,
-        _ => current.name.clone(),
-    };
-    let visible = match &req.visible_columns {
-        Some(requested) => {
-            let columns = repo::panel_columns(&mut tx, &principal.tenant, current.panel_id).await?;
-            to_json(&check_visible_columns(requested, &columns)?)?
-        }
-        None => current.visible_columns.clone(),
-    };
-    // A view stored without metadata keeps none until a client sends some.
-    let metadata = match (current.metadata_map(), req.metadata) {
-        (Some(mut stored), Some(patch)) => {
-            stored.extend(patch);
-            Some(Value::Object(stored))
-        }
-        (None, Some(patch)) => Some(Value::Object(patch)),
-        (stored, None) => stored.map(Value::Object),
-    };
-    let row = repo::update_view(
-        &mut tx,
-        &principal.tenant,
-        id,
-        &name,
-        &visible,
-        metadata.as_ref(),
-    )
-    .await?;
-    let sorts = repo::sorts_of(&mut tx, &principal.tenant, &[id]).await?;
-    tx.commit().await?;
-    let change = Change::panel("view.updated", row.panel_id).with("viewId", id);
-    state.cache.committed(&principal.tenant, change).await;
-    let tag = view_etag(&row);
-    Ok((ViewResponse::new(row, sorts), tag))
+        let name = match req.name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => check_name(name)?,
+            _ => current.name.clone(),
+        };
+        let visible = match &req.visible_columns {
+            Some(requested) => {
+                let columns =
+                    repo::panel_columns(&mut w.tx, &principal.tenant, current.panel_id).await?;
+                to_json(&check_visible_columns(requested, &columns)?)?
+            }
+            None => current.visible_columns.clone(),
+        };
+        // A view stored without metadata keeps none until a client sends some.
+        let metadata = match (current.metadata_map(), req.metadata) {
+            (Some(mut stored), Some(patch)) => {
+                stored.extend(patch);
+                Some(Value::Object(stored))
+            }
+            (None, Some(patch)) => Some(Value::Object(patch)),
+            (stored, None) => stored.map(Value::Object),
+        };
+        let row = repo::update_view(
+            &mut w.tx,
+            &principal.tenant,
+            id,
+            &name,
+            &visible,
+            metadata.as_ref(),
+        )
+        .await?;
+        let sorts = repo::sorts_of(&mut w.tx, &principal.tenant, &[id]).await?;
+        w.changed(Change::panel("view.updated", row.panel_id).with("viewId", id));
+
+        let tag = view_etag(&row);
+        Ok((w, (ViewResponse::new(row, sorts), tag)))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
@@ -342,16 +314,16 @@ pub async fn delete(
     id: i64,
     if_match: &IfMatch,
 ) -> Result<()> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Permission::Owner).await?;
-    if_match.check(&view_etag(&current))?;
-    if !repo::delete_view(&mut tx, &principal.tenant, id).await? {
-        return Err(not_found());
-    }
-    tx.commit().await?;
-    let change = Change::panel("view.deleted", current.panel_id).with("viewId", id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok(())
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Permission::Owner).await?;
+        if_match.check(&view_etag(&current))?;
+        if !repo::delete_view(&mut w.tx, &principal.tenant, id).await? {
+            return Err(not_found());
+        }
+        w.changed(Change::panel("view.deleted", current.panel_id).with("viewId", id));
+        Ok((w, ()))
+    })
+    .await
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
@@ -359,7 +331,7 @@ pub async fn sorts(state: &AppState, principal: &Principal, id: i64) -> Result<S
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, id, Permission::Viewer).await?;
     let rows = repo::sorts_of(&mut tx, &principal.tenant, &[id]).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     Ok(SortsResponse {
         sorts: rows.into_iter().map(ViewSort::from).collect(),
     })
@@ -375,59 +347,62 @@ pub async fn replace_sorts(
     if_match: &IfMatch,
     req: ReplaceSortsRequest,
 ) -> Result<(SortsResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Permission::Editor).await?;
-    if_match.check(&view_etag(&current))?;
-    let columns = repo::panel_columns(&mut tx, &principal.tenant, current.panel_id).await?;
-    let names: BTreeSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Permission::Editor).await?;
+        if_match.check(&view_etag(&current))?;
+        let columns = repo::panel_columns(&mut w.tx, &principal.tenant, current.panel_id).await?;
+        let names: BTreeSet<&str> = columns.iter().map(|c| c.name.as_str()).collect();
 
-    let mut errors = Vec::new();
-    let mut orders_seen = BTreeSet::new();
-    for (i, sort) in req.sorts.iter().enumerate() {
-        if !names.contains(sort.column_name.as_str()) {
-            errors.push(FieldError::new(
-                format!("sorts[{i}].columnName"),
-                format!("{:?} is not a column of this panel", sort.column_name),
-            ));
+        let mut errors = Vec::new();
+        let mut orders_seen = BTreeSet::new();
+        for (i, sort) in req.sorts.iter().enumerate() {
+            if !names.contains(sort.column_name.as_str()) {
+                errors.push(FieldError::new(
+                    format!("sorts[{i}].columnName"),
+                    format!("{:?} is not a column of this panel", sort.column_name),
+                ));
+            }
+            if !orders_seen.insert(sort.order) {
+                errors.push(FieldError::new(
+                    format!("sorts[{i}].order"),
+                    format!("order {} is used twice", sort.order),
+                ));
+            }
         }
-        if !orders_seen.insert(sort.order) {
-            errors.push(FieldError::new(
-                format!("sorts[{i}].order"),
-                format!("order {} is used twice", sort.order),
-            ));
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
         }
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
 
-    let column_names: Vec<String> = req.sorts.iter().map(|s| s.column_name.clone()).collect();
-    let directions: Vec<String> = req
-        .sorts
-        .iter()
-        .map(|s| s.direction.as_str().to_owned())
-        .collect();
-    let orders: Vec<i32> = req.sorts.iter().map(|s| s.order).collect();
-    repo::delete_sorts(&mut tx, &principal.tenant, id).await?;
-    let rows = repo::insert_sorts(
-        &mut tx,
-        &principal.tenant,
-        id,
-        &column_names,
-        &directions,
-        &orders,
-    )
-    .await?;
-    let view = repo::touch_view(&mut tx, &principal.tenant, id).await?;
-    tx.commit().await?;
-    let change = Change::panel("view.updated", view.panel_id).with("viewId", id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok((
-        SortsResponse {
-            sorts: rows.into_iter().map(ViewSort::from).collect(),
-        },
-        view_etag(&view),
-    ))
+        let column_names: Vec<String> = req.sorts.iter().map(|s| s.column_name.clone()).collect();
+        let directions: Vec<String> = req
+            .sorts
+            .iter()
+            .map(|s| s.direction.as_str().to_owned())
+            .collect();
+        let orders: Vec<i32> = req.sorts.iter().map(|s| s.order).collect();
+        repo::delete_sorts(&mut w.tx, &principal.tenant, id).await?;
+        let rows = repo::insert_sorts(
+            &mut w.tx,
+            &principal.tenant,
+            id,
+            &column_names,
+            &directions,
+            &orders,
+        )
+        .await?;
+        let view = repo::touch_view(&mut w.tx, &principal.tenant, id).await?;
+        w.changed(Change::panel("view.updated", view.panel_id).with("viewId", id));
+        Ok((
+            w,
+            (
+                SortsResponse {
+                    sorts: rows.into_iter().map(ViewSort::from).collect(),
+                },
+                view_etag(&view),
+            ),
+        ))
+    })
+    .await
 }
 
 /// The tree's conditions in the older client's flat shape.
@@ -467,7 +442,7 @@ async fn filters_of(
 ) -> Result<(FiltersResponse, i64)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     let row = authorize(&mut tx, principal, id, Permission::Viewer).await?;
-    tx.commit().await?;
+    crate::db::end_read(tx);
     let panel_id = row.panel_id;
     Ok((filters_response(row.filter_tree()), panel_id))
 }
@@ -570,29 +545,29 @@ pub async fn replace_filters(
     if_match: &IfMatch,
     req: ReplaceFiltersRequest,
 ) -> Result<(FiltersResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Permission::Editor).await?;
-    if_match.check(&view_etag(&current))?;
-    let columns = repo::panel_columns(&mut tx, &principal.tenant, current.panel_id).await?;
-    let kind_of = |name: &str| {
-        columns
-            .iter()
-            .find(|c| c.name == name)
-            .map(|c| FieldKind::of_column_type(&c.column_type))
-    };
-    let tree = match req {
-        ReplaceFiltersRequest::Tree(tree) => tree,
-        ReplaceFiltersRequest::Legacy(list) => legacy_tree(list, &kind_of)?,
-    };
-    let errors = tree.validate("filters", &kind_of);
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    let row = repo::update_filters(&mut tx, &principal.tenant, id, &to_json(&tree)?).await?;
-    tx.commit().await?;
-    let change = Change::panel("view.updated", row.panel_id).with("viewId", id);
-    state.cache.committed(&principal.tenant, change).await;
-    Ok((filters_response(tree), view_etag(&row)))
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Permission::Editor).await?;
+        if_match.check(&view_etag(&current))?;
+        let columns = repo::panel_columns(&mut w.tx, &principal.tenant, current.panel_id).await?;
+        let kind_of = |name: &str| {
+            columns
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| FieldKind::of_column_type(&c.column_type))
+        };
+        let tree = match req {
+            ReplaceFiltersRequest::Tree(tree) => tree,
+            ReplaceFiltersRequest::Legacy(list) => legacy_tree(list, &kind_of)?,
+        };
+        let errors = tree.validate("filters", &kind_of);
+        if !errors.is_empty() {
+            return Err(ApiError::validation(errors));
+        }
+        let row = repo::update_filters(&mut w.tx, &principal.tenant, id, &to_json(&tree)?).await?;
+        w.changed(Change::panel("view.updated", row.panel_id).with("viewId", id));
+        Ok((w, (filters_response(tree), view_etag(&row))))
+    })
+    .await
 }
 
 /// Publishes or unpublishes a view (editor on the view and the builder role, or admin) and
@@ -604,55 +579,61 @@ pub async fn set_published(
     id: i64,
     publish: bool,
 ) -> Result<(ViewResponse, String)> {
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let current = authorize(&mut tx, principal, id, Permission::Editor).await?;
-    if !principal.is_builder() {
-        return Err(ApiError::forbidden(
-            "Publishing a view needs the builder or admin role",
-        ));
-    }
-    let unchanged = current.is_published == publish;
-    let row = if unchanged {
-        current
-    } else {
-        let row = repo::set_published(&mut tx, &principal.tenant, id, publish, &principal.user_id)
+    write::write(state, principal, |mut w| async move {
+        let current = authorize(&mut w.tx, principal, id, Permission::Editor).await?;
+        if !principal.is_builder() {
+            return Err(ApiError::forbidden(
+                "Publishing a view needs the builder or admin role",
+            ));
+        }
+        let unchanged = current.is_published == publish;
+        let row = if unchanged {
+            current
+        } else {
+            let row = repo::set_published(
+                &mut w.tx,
+                &principal.tenant,
+                id,
+                publish,
+                &principal.user_id,
+            )
             .await?;
-        let (change_type, verb) = if publish {
-            (ChangeType::ViewPublished, "published")
-        } else {
-            (ChangeType::ViewUnpublished, "unpublished")
+            let (change_type, verb) = if publish {
+                (ChangeType::ViewPublished, "published")
+            } else {
+                (ChangeType::ViewUnpublished, "unpublished")
+            };
+            w.record(
+                NewChange {
+                    panel_id: row.panel_id,
+                    change_type,
+                    affected_column: None,
+                    description: format!("View \"{}\" {verb}", row.name),
+                    old_values: Some(serde_json::json!({ "viewId": id, "isPublished": !publish })),
+                    new_values: Some(serde_json::json!({ "viewId": id, "isPublished": publish })),
+                },
+                Affect::Nobody,
+            )
+            .await?;
+            row
         };
-        changes::record(
-            &mut tx,
-            principal,
-            NewChange {
-                panel_id: row.panel_id,
-                change_type,
-                affected_column: None,
-                description: format!("View \"{}\" {verb}", row.name),
-                old_values: Some(serde_json::json!({ "viewId": id, "isPublished": !publish })),
-                new_values: Some(serde_json::json!({ "viewId": id, "isPublished": publish })),
-            },
-            Affect::Nobody,
-        )
-        .await?;
-        row
-    };
-    let sorts = repo::sorts_of(&mut tx, &principal.tenant, &[id]).await?;
-    tx.commit().await?;
-    if !unchanged {
-        let event = if publish {
-            "view.published"
-        } else {
-            "view.unpublished"
-        };
-        let change = Change::panel(event, row.panel_id)
-            .with("viewId", id)
-            .lists();
-        state.cache.committed(&principal.tenant, change).await;
-    }
-    let tag = view_etag(&row);
-    Ok((ViewResponse::new(row, sorts), tag))
+        let sorts = repo::sorts_of(&mut w.tx, &principal.tenant, &[id]).await?;
+        if !unchanged {
+            let event = if publish {
+                "view.published"
+            } else {
+                "view.unpublished"
+            };
+            w.changed(
+                Change::panel(event, row.panel_id)
+                    .with("viewId", id)
+                    .lists(),
+            );
+        }
+        let tag = view_etag(&row);
+        Ok((w, (ViewResponse::new(row, sorts), tag)))
+    })
+    .await
 }
 
 #[cfg(test)]
