@@ -1314,3 +1314,98 @@ async fn the_api_prefix_serves_the_same_columns() {
         .await;
     res.assert_error(400, "VALIDATION_ERROR");
 }
+
+/// The Redis value of a cache version key of `app` (`None` without Redis, or never bumped).
+async fn version(app: &crate::helpers::TestApp, tenant: &str, panel: i64) -> Option<String> {
+    let url = crate::helpers::redis_url()?;
+    let database = app.database_url.rsplit('/').next().unwrap_or_default().to_owned();
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    redis::cmd("GET")
+        .arg(format!("panels:{database}:{tenant}:ver:panel:{panel}"))
+        .query_async::<Option<String>>(&mut conn)
+        .await
+        .expect("get")
+}
+
+/// Issue 17: the column handlers invalidated the cache themselves, so an `Idempotency-Key` replay
+/// bumped the panel's cache version and published a second `column.created`. Every write now goes
+/// through the one write path: a replay answers the first response and does nothing else, and a
+/// write that fails publishes nothing.
+#[tokio::test]
+async fn a_replayed_or_failed_write_publishes_nothing_and_bumps_no_version() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let token = token_for("replay", "admin@replay.example", Role::Admin);
+    let panel = app
+        .post("/api/panels")
+        .bearer(&token)
+        .json(&json!({"name": "Replays"}))
+        .send()
+        .await
+        .body["id"]
+        .as_i64()
+        .expect("panel");
+    let ds = app
+        .post(&format!("/api/panels/{panel}/datasources"))
+        .bearer(&token)
+        .json(&json!({"type": "custom", "config": {"keyField": "id"}}))
+        .send()
+        .await
+        .body["id"]
+        .as_i64()
+        .expect("source");
+    let mut events = app.state.cache.subscribe();
+    let _ = app
+        .state
+        .cache
+        .wait_subscribed(std::time::Duration::from_secs(5))
+        .await;
+    let next_event = |events: &mut tokio::sync::broadcast::Receiver<panels::cache::Event>| {
+        let received = events.try_recv().ok();
+        received.and_then(|e| e.json())
+    };
+    let body = json!({"name": "age", "type": "number", "sourceField": "age", "dataSourceId": ds, "properties": {}});
+    let create = || {
+        app.post(&format!("/api/panels/{panel}/columns/base"))
+            .bearer(&token)
+            .header("idempotency-key", "create-age-once")
+            .json(&body)
+            .send()
+    };
+    let first = create().await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let created = next_event(&mut events).expect("the create is published");
+    assert_eq!(created["type"], "column.created");
+    let after_create = version(&app, "replay", panel).await;
+
+    let replay = create().await;
+    assert_eq!(replay.status, 201);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.body, first.body);
+    // A failed write (the name is taken): 409, and nothing either.
+    let taken = app
+        .post(&format!("/api/panels/{panel}/columns/base"))
+        .bearer(&token)
+        .json(&body)
+        .send()
+        .await;
+    taken.assert_error(409, "COLUMN_NAME_TAKEN");
+    let bad_formula = app
+        .post(&format!("/api/panels/{panel}/columns/calculated"))
+        .bearer(&token)
+        .json(&json!({"name": "bad", "type": "number", "formula": "nope + 1", "properties": {}}))
+        .send()
+        .await;
+    assert_eq!(bad_formula.status, 400);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(next_event(&mut events), None, "a replay or a failed write published");
+    assert_eq!(
+        version(&app, "replay", panel).await,
+        after_create,
+        "a replay or a failed write bumped the panel's cache version"
+    );
+}
