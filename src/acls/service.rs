@@ -90,10 +90,12 @@ async fn authorize(
         .ok_or_else(|| not_found(resource_type))?;
     let mut held = permission(tx, principal, resource_type, resource_id).await?;
     // A published view is readable by everyone in the tenant.
-    if held.is_none() && resource_type == ResourceType::View && needed == Permission::Viewer {
-        if repo::is_published_view(tx, &principal.tenant, resource_id).await? {
-            held = Some(Permission::Viewer);
-        }
+    if held.is_none()
+        && resource_type == ResourceType::View
+        && needed == Permission::Viewer
+        && repo::is_published_view(tx, &principal.tenant, resource_id).await?
+    {
+        held = Some(Permission::Viewer);
     }
     require(held, needed, not_found(resource_type))?;
     Ok(panel_id)
