@@ -197,6 +197,59 @@ impl FailureCounter {
     }
 }
 
+/// GCRA over a shared key, admitting up to ARGV[3] requests at once (an instance's lease).
+/// KEYS[1]: the key; ARGV: emission interval (µs), burst, wanted. Answers {granted, 0}, or
+/// {0, µs to wait} when not even one request may pass now.
+const SHARED_GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local available = math.floor((now + interval * burst - tat) / interval)
+if available < 1 then return {0, tat + interval - interval * burst - now} end
+local granted = math.min(want, available)
+local next_tat = tat + granted * interval
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1000)
+return {granted, 0}
+";
+
+static SHARED_GCRA_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SHARED_GCRA));
+
+/// Admits requests of `key` at `interval` per request with `burst` (GCRA, shared by every
+/// instance through Redis), up to `want` at once: `Some(Ok(n))` admitted n (at least one),
+/// `Some(Err(wait))` over the limit, `None` when Redis cannot answer (the caller falls back to
+/// its in-process limiter).
+async fn shared_admit(
+    cache: &Cache,
+    key: &str,
+    interval: Duration,
+    burst: u32,
+    want: u32,
+) -> Option<Result<u32, Duration>> {
+    let key = cache.key(&format!("rl:{key}"));
+    let interval_us = interval.as_micros().max(1) as u64;
+    let (granted, wait_us): (u32, u64) = cache
+        .run("ratelimit", "gcra", async |mut conn, _| {
+            SHARED_GCRA_SCRIPT
+                .key(&key)
+                .arg(interval_us)
+                .arg(burst.max(1))
+                .arg(want.max(1))
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
+    Some(if granted > 0 {
+        Ok(granted)
+    } else {
+        Err(Duration::from_micros(wait_us))
+    })
+}
+
 #[derive(Clone)]
 pub struct RateLimiter {
     tenant: Option<Arc<Limit>>,
@@ -297,10 +350,14 @@ impl RateLimiter {
                     return Ok(());
                 }
                 let shared_key = format!("{}:{key}", limit.scope);
-                match self
-                    .shared
-                    .rate_limit(&shared_key, limit.interval, limit.burst, limit.lease)
-                    .await
+                match shared_admit(
+                    &self.shared,
+                    &shared_key,
+                    limit.interval,
+                    limit.burst,
+                    limit.lease,
+                )
+                .await
                 {
                     // A concurrent request of this instance may have leased meanwhile.
                     Some(Err(_)) if limit.take_leased(key) => return Ok(()),

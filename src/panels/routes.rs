@@ -62,7 +62,7 @@ pub async fn list_panels(
     uri: Uri,
 ) -> Result<impl IntoResponse> {
     let cached = service::list_cached(&state, &principal, params.page()?).await?;
-    let next = Some(cached.meta.as_str()).filter(|n| !n.is_empty());
+    let next = Some(cached.header.as_str()).filter(|n| !n.is_empty());
     Ok((page::next_headers(&uri, next), cached.json()))
 }
 

@@ -1318,7 +1318,12 @@ async fn the_api_prefix_serves_the_same_columns() {
 /// The Redis value of a cache version key of `app` (`None` without Redis, or never bumped).
 async fn version(app: &crate::helpers::TestApp, tenant: &str, panel: i64) -> Option<String> {
     let url = crate::helpers::redis_url()?;
-    let database = app.database_url.rsplit('/').next().unwrap_or_default().to_owned();
+    let database = app
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let client = redis::Client::open(url).expect("redis url");
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -1402,7 +1407,11 @@ async fn a_replayed_or_failed_write_publishes_nothing_and_bumps_no_version() {
         .await;
     assert_eq!(bad_formula.status, 400);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(next_event(&mut events), None, "a replay or a failed write published");
+    assert_eq!(
+        next_event(&mut events),
+        None,
+        "a replay or a failed write published"
+    );
     assert_eq!(
         version(&app, "replay", panel).await,
         after_create,
