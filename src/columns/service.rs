@@ -402,112 +402,10 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A column reference in a formula's text.
-#[derive(Debug, Clone, PartialEq)]
-struct Reference {
-    name: String,
-    braced: bool,
-    /// Byte range of the whole token (braces included).
-    start: usize,
-    end: usize,
-}
-
-/// The column references of a formula, lexed as the formula language does: `{braced names}`
-/// (trimmed) and bare identifiers that are not function calls or `TRUE`/`FALSE`; text inside
-/// quotes (with backslash escapes) is skipped.
-fn references(formula: &str) -> Vec<Reference> {
-    let chars: Vec<(usize, char)> = formula.char_indices().collect();
-    let at = |i: usize| chars.get(i).map(|&(_, c)| c);
-    let offset = |i: usize| chars.get(i).map_or(formula.len(), |&(o, _)| o);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(c) = at(i) {
-        match c {
-            '"' | '\'' => {
-                i += 1;
-                while let Some(d) = at(i) {
-                    i += 1;
-                    if d == '\\' {
-                        i += 1;
-                    } else if d == c {
-                        break;
-                    }
-                }
-            }
-            '{' => {
-                let start = i;
-                i += 1;
-                while at(i).is_some_and(|d| d != '}' && d != '\n') {
-                    i += 1;
-                }
-                if at(i) == Some('}') {
-                    let name = formula[offset(start + 1)..offset(i)].trim();
-                    i += 1;
-                    if !name.is_empty() {
-                        out.push(Reference {
-                            name: name.to_owned(),
-                            braced: true,
-                            start: offset(start),
-                            end: offset(i),
-                        });
-                    }
-                }
-            }
-            c if c.is_alphabetic() || c == '_' => {
-                let start = i;
-                while at(i).is_some_and(|d| d.is_alphanumeric() || d == '_') {
-                    i += 1;
-                }
-                let name = &formula[offset(start)..offset(i)];
-                let mut j = i;
-                while at(j).is_some_and(char::is_whitespace) {
-                    j += 1;
-                }
-                let call = at(j) == Some('(');
-                let keyword =
-                    name.eq_ignore_ascii_case("true") || name.eq_ignore_ascii_case("false");
-                if !call && !keyword {
-                    out.push(Reference {
-                        name: name.to_owned(),
-                        braced: false,
-                        start: offset(start),
-                        end: offset(i),
-                    });
-                }
-            }
-            c if c.is_ascii_digit() || c == '.' => {
-                // A number (digits, a fraction, an exponent): never a reference.
-                while at(i).is_some_and(|d| d.is_alphanumeric() || d == '.') {
-                    i += 1;
-                }
-            }
-            _ => i += 1,
-        }
-    }
-    out
-}
-
-/// Whether `name` can be written bare in a formula.
-fn is_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && chars.all(|c| c.is_alphanumeric() || c == '_')
-        && !name.eq_ignore_ascii_case("true")
-        && !name.eq_ignore_ascii_case("false")
-}
-
-/// The formula with its references to `old` now naming `new` (bare when `new` can be bare).
-fn rename_in_formula(formula: &str, old: &str, new: &str) -> String {
-    let mut out = formula.to_owned();
-    for r in references(formula).iter().rev().filter(|r| r.name == old) {
-        let replacement = if !r.braced && is_identifier(new) {
-            new.to_owned()
-        } else {
-            format!("{{{new}}}")
-        };
-        out.replace_range(r.start..r.end, &replacement);
-    }
-    out
+/// A dependent's formula after its column `old` was renamed `new` (a stored formula always
+/// parses; one that no longer did is kept as it is).
+fn rename_formula(formula: &str, old: &str, new: &str) -> String {
+    crate::formula::rename_column(formula, old, new).unwrap_or_else(|| formula.to_owned())
 }
 
 fn rename_in_filter(group: &FilterGroup, old: &str, new: &str) -> FilterGroup {
@@ -703,11 +601,13 @@ async fn carry_rename(
             .iter()
             .filter(|c| ids.contains(&c.id))
             .map(|c| {
-                let deps: Vec<String> =
-                    strings(&c.dependencies).into_iter().map(|d| if d == old { new.to_owned() } else { d }).collect();
+                let deps: Vec<String> = strings(&c.dependencies)
+                    .into_iter()
+                    .map(|d| if d == old { new.to_owned() } else { d })
+                    .collect();
                 json!({
                     "id": c.id,
-                    "formula": rename_in_formula(c.formula.as_deref().unwrap_or_default(), old, new),
+                    "formula": rename_formula(c.formula.as_deref().unwrap_or_default(), old, new),
                     "dependencies": deps,
                 })
             })
@@ -881,54 +781,6 @@ pub async fn reorder(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(formula: &str) -> Vec<(String, bool)> {
-        references(formula)
-            .into_iter()
-            .map(|r| (r.name, r.braced))
-            .collect()
-    }
-
-    #[test]
-    fn references_are_bare_identifiers_and_braced_names() {
-        assert_eq!(
-            names("CONCAT(firstName, ' ', lastName) & {Date of birth}"),
-            vec![
-                ("firstName".into(), false),
-                ("lastName".into(), false),
-                ("Date of birth".into(), true)
-            ]
-        );
-    }
-
-    #[test]
-    fn strings_calls_keywords_and_numbers_are_not_references() {
-        assert_eq!(
-            names("IF(TRUE, 'age {x} y', \"q\\\"uoted age\") + 1e5 + 2.5 + false"),
-            vec![]
-        );
-        assert_eq!(names("sum ( a )"), vec![("a".into(), false)]);
-        assert_eq!(names("{  padded  }"), vec![("padded".into(), true)]);
-        assert_eq!(names("{unclosed"), vec![]);
-        assert_eq!(names("{}"), vec![]);
-        assert_eq!(
-            names("âge + _x1"),
-            vec![("âge".into(), false), ("_x1".into(), false)]
-        );
-    }
-
-    #[test]
-    fn renaming_rewrites_only_references() {
-        assert_eq!(
-            rename_in_formula("a + {a} + 'a' + A(a)", "a", "b"),
-            "b + {b} + 'a' + A(b)"
-        );
-        assert_eq!(
-            rename_in_formula("a * 2", "a", "two words"),
-            "{two words} * 2"
-        );
-        assert_eq!(rename_in_formula("{x y} - 1", "x y", "z"), "{z} - 1");
-    }
 
     #[test]
     fn list_filter_reads_repeated_and_comma_separated_values() {

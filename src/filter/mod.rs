@@ -8,6 +8,8 @@ use utoipa::ToSchema;
 
 use crate::error::FieldError;
 
+pub mod legacy;
+
 /// Groups may nest this deep (the root group is depth 1).
 pub const MAX_DEPTH: usize = 4;
 /// At most this many conditions in a whole tree.

@@ -28,6 +28,51 @@ fn collect(expr: &Expr, out: &mut Vec<String>) {
     }
 }
 
+/// `source` with every reference to column `old` naming `new` instead, or `None` when the source
+/// does not parse. The references are the parser's own column nodes, so text in quotes, function
+/// names and keywords are never touched; a reference keeps its form (bare or `{braced}`) when
+/// `new` can be written that way.
+pub fn rename_column(source: &str, old: &str, new: &str) -> Option<String> {
+    let expr = super::parse::parse(source).ok()?;
+    let mut spans = Vec::new();
+    column_spans(&expr, old, &mut spans);
+    let mut out = source.to_owned();
+    // From the end, so earlier byte offsets stay valid.
+    spans.sort_by_key(|s| std::cmp::Reverse(s.start));
+    for span in spans {
+        let braced = source[span.start..].starts_with('{');
+        let replacement = if !braced && is_identifier(new) {
+            new.to_owned()
+        } else {
+            format!("{{{new}}}")
+        };
+        out.replace_range(span.start..span.end, &replacement);
+    }
+    Some(out)
+}
+
+fn column_spans(expr: &Expr, name: &str, out: &mut Vec<super::Span>) {
+    match &expr.kind {
+        ExprKind::Column(column) if column == name => out.push(expr.span),
+        ExprKind::Neg(inner) => column_spans(inner, name, out),
+        ExprKind::Binary(_, l, r) => {
+            column_spans(l, name, out);
+            column_spans(r, name, out);
+        }
+        ExprKind::Call(call) => call.args.iter().for_each(|a| column_spans(a, name, out)),
+        _ => {}
+    }
+}
+
+/// Whether `name` can be written bare in a formula (not braced).
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && chars.all(|c| c.is_alphanumeric() || c == '_')
+        && !name.eq_ignore_ascii_case("true")
+        && !name.eq_ignore_ascii_case("false")
+}
+
 /// Finds a dependency cycle among calculated columns. `graph` maps each calculated column
 /// to the columns its formula references; names that are not keys are base columns and end
 /// a path. Returns the cycle as a closed path, e.g. `["risk", "score", "risk"]`. Columns
@@ -94,6 +139,31 @@ mod tests {
             .collect();
         let checked = analyze("b + a * b + {Last visit} + ABS(a)", &schema).expect("valid");
         assert_eq!(checked.dependencies, vec!["b", "a", "Last visit"]);
+    }
+
+    #[test]
+    fn renaming_rewrites_only_the_columns_references() {
+        assert_eq!(
+            rename_column("a + {a} + 'a' + ABS(a) + LEN(\"a {a}\")", "a", "b").as_deref(),
+            Some("b + {b} + 'a' + ABS(b) + LEN(\"a {a}\")")
+        );
+        assert_eq!(
+            rename_column("a * 2", "a", "two words").as_deref(),
+            Some("{two words} * 2")
+        );
+        assert_eq!(
+            rename_column("{x y} - 1", "x y", "z").as_deref(),
+            Some("{z} - 1")
+        );
+        assert_eq!(
+            rename_column("{  padded  } + âge", "padded", "p").as_deref(),
+            Some("{p} + âge")
+        );
+        assert_eq!(
+            rename_column("IF(TRUE, 1, 2)", "TRUE", "x").as_deref(),
+            Some("IF(TRUE, 1, 2)")
+        );
+        assert_eq!(rename_column("(unclosed", "a", "b"), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::fmt;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use deps::find_cycle;
+pub use deps::{find_cycle, rename_column};
 pub use eval::{Row, evaluate, evaluate_with_warnings};
 pub use parse::{BinaryOp, Call, Expr, ExprKind};
 pub use sql::{

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use validator::Validate;
 
-use crate::filter::{FilterGroup, Logic, Operator};
+use crate::filter::FilterGroup;
 use crate::page::PageParams;
 
 /// At most this many columns in `visibleColumns`, and this many sorts on a view.
@@ -269,28 +269,7 @@ pub struct SortsResponse {
     pub sorts: Vec<ViewSort>,
 }
 
-/// One filter in the older client's flat shape.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LegacyFilter {
-    #[schema(example = "status")]
-    pub column_name: String,
-    /// `eq`, `neq`, `gt`, `gte`, `lt`, `lte`, `contains`, `in`, `is_empty`, `is_not_empty`, or the
-    /// older names `equals`, `not_equals`, `greater_than`, `greater_than_or_equal`, `less_than`,
-    /// `less_than_or_equal`.
-    #[schema(example = "equals")]
-    pub operator: String,
-    /// The operand: a scalar, an array for `in`, absent for `is_empty`/`is_not_empty`.
-    #[serde(default)]
-    pub value: Value,
-    /// `AND` or `OR`; the first one given combines the whole list (default `AND`).
-    pub logical_operator: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, ToSchema)]
-pub struct LegacyFilters {
-    pub filters: Vec<LegacyFilter>,
-}
+pub use crate::filter::legacy::{FlatFilter, LegacyFilter, LegacyFilters};
 
 /// A view's filters: a filter tree, or the older client's `{"filters": [...]}` list.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -319,18 +298,6 @@ impl TryFrom<Value> for ReplaceFiltersRequest {
             Err("expected an object with `conditions` and `logic`, or with `filters`".to_owned())
         }
     }
-}
-
-/// One condition of the tree in the older client's flat shape (`logicalOperator` is the logic of
-/// the group the condition is in).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FlatFilter {
-    pub column_name: String,
-    pub operator: Operator,
-    /// The operand: a scalar, an array for `in`, `null` for `is_empty`/`is_not_empty`.
-    pub value: Value,
-    pub logical_operator: Logic,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -17,7 +17,7 @@ use crate::changes::{Affect, ChangeType, NewChange};
 use crate::db::Tx;
 use crate::error::{ApiError, FieldError, Result, to_json};
 use crate::etag::{IfMatch, etag};
-use crate::filter::{Condition, FieldKind, FilterGroup, FilterNode, Logic, Operator};
+use crate::filter::{FieldKind, FilterGroup, legacy};
 use crate::idempotency::Outcome;
 use crate::page::{self, Page};
 use crate::panels::{self, Access};
@@ -405,26 +405,9 @@ pub async fn replace_sorts(
     .await
 }
 
-/// The tree's conditions in the older client's flat shape.
-fn flatten(group: &FilterGroup, out: &mut Vec<FlatFilter>) {
-    for node in &group.conditions {
-        match node {
-            FilterNode::Condition(c) => out.push(FlatFilter {
-                column_name: c.field.clone(),
-                operator: c.operator,
-                value: c.value.clone(),
-                logical_operator: group.logic,
-            }),
-            FilterNode::Group(inner) => flatten(inner, out),
-        }
-    }
-}
-
 fn filters_response(tree: FilterGroup) -> FiltersResponse {
-    let mut filters = Vec::new();
-    flatten(&tree, &mut filters);
     FiltersResponse {
-        filters,
+        filters: legacy::flatten(&tree),
         filter_tree: tree,
     }
 }
@@ -447,96 +430,6 @@ async fn filters_of(
     Ok((filters_response(row.filter_tree()), panel_id))
 }
 
-/// An operator of the older client (`equals`, `greater_than`, `notEquals` …) or of the tree.
-fn legacy_operator(raw: &str) -> Option<Operator> {
-    let key: String = raw
-        .trim()
-        .to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    Some(match key.as_str() {
-        "eq" | "equals" | "equal" | "is" => Operator::Eq,
-        "neq" | "ne" | "notequals" | "notequal" | "isnot" => Operator::Neq,
-        "gt" | "greaterthan" => Operator::Gt,
-        "gte" | "greaterthanorequal" | "greaterthanorequals" | "greaterthanorequalto" => {
-            Operator::Gte
-        }
-        "lt" | "lessthan" => Operator::Lt,
-        "lte" | "lessthanorequal" | "lessthanorequals" | "lessthanorequalto" => Operator::Lte,
-        "contains" => Operator::Contains,
-        "in" => Operator::In,
-        "isempty" => Operator::IsEmpty,
-        "isnotempty" => Operator::IsNotEmpty,
-        _ => return None,
-    })
-}
-
-/// The older client sent numbers and booleans as text; read them as the column's type.
-fn legacy_value(value: Value, kind: Option<FieldKind>) -> Value {
-    match (kind, &value) {
-        (Some(FieldKind::Number), Value::String(s)) => {
-            let s = s.trim();
-            match s.parse::<i64>() {
-                Ok(n) => Value::from(n),
-                Err(_) => s
-                    .parse::<f64>()
-                    .ok()
-                    .and_then(serde_json::Number::from_f64)
-                    .map_or(value, Value::Number),
-            }
-        }
-        (Some(FieldKind::Boolean), Value::String(s)) => match s.trim().to_lowercase().as_str() {
-            "true" => Value::Bool(true),
-            "false" => Value::Bool(false),
-            _ => value,
-        },
-        _ => value,
-    }
-}
-
-/// The flat list as a one-level tree: its logic is the first `logicalOperator` given (default AND).
-fn legacy_tree(
-    list: LegacyFilters,
-    kind_of: &dyn Fn(&str) -> Option<FieldKind>,
-) -> Result<FilterGroup> {
-    let mut errors = Vec::new();
-    let mut logic = None;
-    let mut conditions = Vec::with_capacity(list.filters.len());
-    for (i, filter) in list.filters.into_iter().enumerate() {
-        if let Some(raw) = filter.logical_operator.as_deref() {
-            match raw.trim().to_uppercase().as_str() {
-                "AND" => logic = logic.or(Some(Logic::AND)),
-                "OR" => logic = logic.or(Some(Logic::OR)),
-                _ => errors.push(FieldError::new(
-                    format!("filters[{i}].logicalOperator"),
-                    "must be AND or OR",
-                )),
-            }
-        }
-        let Some(operator) = legacy_operator(&filter.operator) else {
-            errors.push(FieldError::new(
-                format!("filters[{i}].operator"),
-                format!("unknown operator {:?}", filter.operator),
-            ));
-            continue;
-        };
-        let value = legacy_value(filter.value, kind_of(&filter.column_name));
-        conditions.push(FilterNode::Condition(Condition {
-            field: filter.column_name,
-            operator,
-            value,
-        }));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::validation(errors));
-    }
-    Ok(FilterGroup {
-        conditions,
-        logic: logic.unwrap_or_default(),
-    })
-}
-
 #[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
 pub async fn replace_filters(
     state: &AppState,
@@ -557,7 +450,9 @@ pub async fn replace_filters(
         };
         let tree = match req {
             ReplaceFiltersRequest::Tree(tree) => tree,
-            ReplaceFiltersRequest::Legacy(list) => legacy_tree(list, &kind_of)?,
+            ReplaceFiltersRequest::Legacy(list) => {
+                legacy::to_tree(list, &kind_of).map_err(ApiError::validation)?
+            }
         };
         let errors = tree.validate("filters", &kind_of);
         if !errors.is_empty() {
@@ -639,6 +534,7 @@ pub async fn set_published(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::Logic;
     use serde_json::json;
 
     fn columns() -> Vec<PanelColumn> {
@@ -673,41 +569,6 @@ mod tests {
             "{err}"
         );
         assert!(check_visible_columns(&[json!({"id": 3})], &columns()).is_err());
-    }
-
-    #[test]
-    fn legacy_filters_map_onto_the_tree() {
-        let list: LegacyFilters = serde_json::from_value(json!({"filters": [
-            {"columnName": "age", "operator": "greater_than", "value": "18"},
-            {"columnName": "name", "operator": "notEquals", "value": "x", "logicalOperator": "or"},
-            {"columnName": "name", "operator": "contains", "value": "a", "logicalOperator": "AND"}
-        ]}))
-        .expect("parses");
-        let kinds = |name: &str| {
-            columns()
-                .iter()
-                .find(|c| c.name == name)
-                .map(|c| FieldKind::of_column_type(&c.column_type))
-        };
-        let tree = legacy_tree(list, &kinds).expect("maps");
-        assert_eq!(tree.logic, Logic::OR);
-        assert!(tree.validate("filters", &kinds).is_empty());
-        let FilterNode::Condition(first) = &tree.conditions[0] else {
-            panic!("a condition")
-        };
-        assert_eq!((first.operator, &first.value), (Operator::Gt, &json!(18)));
-        let flat = filters_response(tree).filters;
-        assert_eq!(flat.len(), 3);
-        assert_eq!(flat[1].operator, Operator::Neq);
-    }
-
-    #[test]
-    fn unknown_legacy_operators_are_rejected() {
-        let list: LegacyFilters = serde_json::from_value(
-            json!({"filters": [{"columnName": "age", "operator": "between", "value": 1}]}),
-        )
-        .expect("parses");
-        assert!(legacy_tree(list, &|_| Some(FieldKind::Number)).is_err());
     }
 
     #[test]
