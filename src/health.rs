@@ -37,6 +37,7 @@ pub struct Readiness {
 
 /// Liveness: 200 while the process runs.
 #[utoipa::path(get, path = "/health", tag = "Operations",
+    security(()),
     responses((status = 200, description = "The process is alive", body = Liveness)))]
 pub async fn liveness() -> Json<Liveness> {
     Json(Liveness {
@@ -47,6 +48,7 @@ pub async fn liveness() -> Json<Liveness> {
 
 /// Readiness: checks PostgreSQL and Redis; 503 when the database does not answer.
 #[utoipa::path(get, path = "/health/ready", tag = "Operations",
+    security(()),
     responses(
         (status = 200, description = "Ready (possibly degraded: serving without Redis)", body = Readiness),
         (status = 503, description = "The database does not answer", body = Readiness),
@@ -89,6 +91,7 @@ pub async fn readiness(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(get, path = "/metrics", tag = "Operations",
+    security(()),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let pool = state.db.pool();

@@ -14,6 +14,10 @@ use crate::error::{ErrorBody, FieldError};
         license(name = "MIT")
     ),
     modifiers(&SecuritySchemes),
+    // Every operation needs a bearer token or an API key unless it says otherwise (`security(())`
+    // on the public ones: registration, login, token refresh and logout, and the operations
+    // endpoints; `security(("bearer" = []))` where an API key is not accepted).
+    security(("bearer" = []), ("apiKey" = [])),
     components(schemas(
         ErrorBody,
         FieldError,

@@ -26,7 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Entries of a panel or view (needs read access to it).
 #[utoipa::path(get, path = "/acls/{resourceType}/{resourceId}", tag = "ACLs",
     params(("resourceType" = ResourceType, Path), ("resourceId" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Entries", body = AclListResponse),
         (status = 400, description = "Invalid resource type or id", body = ErrorBody),
@@ -47,7 +46,6 @@ pub async fn list_acls(
 #[utoipa::path(post, path = "/acls/{resourceType}/{resourceId}", tag = "ACLs",
     params(("resourceType" = ResourceType, Path), ("resourceId" = i64, Path)),
     request_body = CreateAclRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Created", body = AclResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
@@ -69,7 +67,6 @@ pub async fn create_acl(
 /// A user's entries and every tenant-wide entry (the user themselves, or an admin).
 #[utoipa::path(get, path = "/acls/user/{userEmail}", tag = "ACLs",
     params(("userEmail" = String, Path, format = Email, description = "The user's e-mail address", example = "grace@example.com"), UserAclQuery),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Entries", body = AclListResponse),
         (status = 400, description = "Invalid e-mail", body = ErrorBody),
@@ -91,7 +88,6 @@ pub async fn list_user_acls(
 #[utoipa::path(put, path = "/acls/{resourceType}/{resourceId}/{userEmail}", tag = "ACLs",
     params(("resourceType" = ResourceType, Path), ("resourceId" = i64, Path), ("userEmail" = String, Path, pattern = "^(_all|[^@/\\s]+@[^@/\\s]+)$", description = "An e-mail address, or `_all` for the tenant-wide entry", example = "grace@example.com")),
     request_body = PermissionRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Updated", body = AclResponse),
         (status = 400, description = "Invalid input", body = ErrorBody),
@@ -120,7 +116,6 @@ pub async fn update_acl(
 /// Remove an entry (owner or admin only); removing `_all` un-shares.
 #[utoipa::path(delete, path = "/acls/{resourceType}/{resourceId}/{userEmail}", tag = "ACLs",
     params(("resourceType" = ResourceType, Path), ("resourceId" = i64, Path), ("userEmail" = String, Path, pattern = "^(_all|[^@/\\s]+@[^@/\\s]+)$", description = "An e-mail address, or `_all` for the tenant-wide entry", example = "grace@example.com")),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid input", body = ErrorBody),
@@ -141,7 +136,6 @@ pub async fn delete_acl(
 #[utoipa::path(post, path = "/acls/{resourceType}/{resourceId}/share-public", tag = "ACLs",
     params(("resourceType" = ResourceType, Path), ("resourceId" = i64, Path)),
     request_body = PermissionRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Updated", body = AclResponse),
         (status = 201, description = "Created", body = AclResponse),

@@ -28,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Create an organisation and its first admin, or join one with an invitation.
 #[utoipa::path(post, path = "/auth/register", tag = "Auth", request_body = RegisterRequest,
+    security(()),
     responses(
         (status = 201, description = "Registered; tokens issued", body = TokenResponse),
         (status = 400, description = "Invalid body or invitation", body = ErrorBody),
@@ -47,6 +48,7 @@ pub async fn register(
 
 /// Exchange e-mail and password for an access token and a refresh token.
 #[utoipa::path(post, path = "/auth/login", tag = "Auth", request_body = LoginRequest,
+    security(()),
     responses(
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 400, description = "Invalid body", body = ErrorBody),
@@ -64,6 +66,7 @@ pub async fn login(
 
 /// Rotate a refresh token: answers a new pair; replaying a used token revokes its family.
 #[utoipa::path(post, path = "/auth/refresh", tag = "Auth", request_body = RefreshRequest,
+    security(()),
     responses(
         (status = 200, description = "New tokens", body = TokenResponse),
         (status = 400, description = "Invalid body", body = ErrorBody),
@@ -82,6 +85,7 @@ pub async fn refresh(
 /// Revoke a refresh token (and every token rotated from the same login) and, when the request
 /// carries one, its access token: every instance refuses it from then on until it expires.
 #[utoipa::path(post, path = "/auth/logout", tag = "Auth", request_body = RefreshRequest,
+    security(()),
     responses(
         (status = 204, description = "Logged out"),
         (status = 400, description = "Invalid body", body = ErrorBody),
@@ -104,7 +108,6 @@ pub async fn logout(
 
 /// Who the token is for.
 #[utoipa::path(get, path = "/auth/me", tag = "Auth",
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The caller", body = MeResponse),
         AuthErrors, ServerErrors,

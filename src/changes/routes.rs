@@ -23,7 +23,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Structural changes of the tenant's panels (those the caller can read), newest first.
 #[utoipa::path(get, path = "/changes/panels", tag = "Changes and notifications",
     params(ChangeQuery),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A page of changes", body = ChangeListResponse),
         (status = 400, description = "Invalid query", body = ErrorBody),
@@ -43,7 +42,6 @@ pub async fn list_changes(
 /// The caller's own view notifications, newest first, with the unread count.
 #[utoipa::path(get, path = "/notifications/views", tag = "Changes and notifications",
     params(NotificationQuery),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A page of notifications", body = NotificationListResponse),
         (status = 400, description = "Invalid query", body = ErrorBody),
@@ -63,7 +61,6 @@ pub async fn list_notifications(
 /// Mark some of the caller's notifications read; answers how many changed.
 #[utoipa::path(put, path = "/notifications/views/mark-read", tag = "Changes and notifications",
     request_body = MarkReadRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Marked", body = MarkReadResponse),
         (status = 400, description = "Invalid body", body = ErrorBody),

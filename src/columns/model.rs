@@ -283,7 +283,7 @@ impl ColumnRow {
 }
 
 /// A JSON array of strings as stored; anything else reads as empty.
-fn strings(value: &Value) -> Vec<String> {
+pub(super) fn string_list(value: &Value) -> Vec<String> {
     value
         .as_array()
         .map(|a| {
@@ -362,7 +362,7 @@ pub enum ColumnResponse {
 
 impl From<ColumnRow> for ColumnResponse {
     fn from(row: ColumnRow) -> Self {
-        let tags = strings(&row.tags);
+        let tags = string_list(&row.tags);
         let properties = ColumnProperties::from_stored(row.properties);
         let metadata = metadata(row.metadata);
         if row.kind == "calculated" {
@@ -371,7 +371,7 @@ impl From<ColumnRow> for ColumnResponse {
                 name: row.name,
                 column_type: row.column_type,
                 formula: row.formula.unwrap_or_default(),
-                dependencies: strings(&row.dependencies),
+                dependencies: string_list(&row.dependencies),
                 properties,
                 metadata,
                 tags,

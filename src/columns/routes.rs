@@ -29,7 +29,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[utoipa::path(post, path = "/panels/{id}/columns/base", tag = "Columns",
     params(("id" = i64, Path), ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried create")),
     request_body = CreateBaseColumnRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Created", body = BaseColumnResponse),
         (status = 400, description = "Invalid body", body = ErrorBody),
@@ -62,7 +61,6 @@ pub async fn create_base_column(
 #[utoipa::path(post, path = "/panels/{id}/columns/calculated", tag = "Columns",
     params(("id" = i64, Path), ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried create")),
     request_body = CreateCalculatedColumnRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Created", body = CalculatedColumnResponse),
         (status = 400, description = "Invalid body or formula (unknown column, self-reference, cycle)", body = ErrorBody),
@@ -94,7 +92,6 @@ pub async fn create_calculated_column(
 /// The panel's columns, each half in display order (columns without an order last).
 #[utoipa::path(get, path = "/panels/{id}/columns", tag = "Columns",
     params(("id" = i64, Path), ColumnListParams),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The columns", body = ColumnListResponse),
         (status = 400, description = "Invalid id or query", body = ErrorBody),
@@ -117,7 +114,6 @@ pub async fn list_columns(
 #[utoipa::path(put, path = "/panels/{id}/columns/order", tag = "Columns",
     params(("id" = i64, Path)),
     request_body = ReorderColumnsRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The columns in their new order", body = ColumnListResponse),
         (status = 400, description = "The list is not exactly the panel's columns", body = ErrorBody),
@@ -138,7 +134,6 @@ pub async fn reorder_columns(
 /// One column, with its `ETag`.
 #[utoipa::path(get, path = "/panels/{id}/columns/{colId}", tag = "Columns",
     params(("id" = i64, Path), ("colId" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The column", body = ColumnResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -159,7 +154,6 @@ pub async fn get_column(
 #[utoipa::path(put, path = "/panels/{id}/columns/{colId}", tag = "Columns",
     params(("id" = i64, Path), ("colId" = i64, Path), ("If-Match" = Option<String>, Header)),
     request_body = UpdateColumnRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Updated", body = ColumnResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid body or formula", body = ErrorBody),
@@ -185,7 +179,6 @@ pub async fn update_column(
 /// (then views lose their references; dependent formulas are reported as broken).
 #[utoipa::path(delete, path = "/panels/{id}/columns/{colId}", tag = "Columns",
     params(("id" = i64, Path), ("colId" = i64, Path), DeleteColumnParams, ("If-Match" = Option<String>, Header)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid id or query", body = ErrorBody),

@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{Value, json};
 use tracing::instrument;
 
+use super::model::string_list;
 use super::model::*;
 use super::repo::{self, ColumnUpdate, NewColumn};
 use crate::auth::Principal;
@@ -312,7 +313,7 @@ pub async fn analyze_formula(
     let mut graph: HashMap<String, Vec<String>> = columns
         .iter()
         .filter(|c| c.kind == "calculated" && Some(c.id) != column_id && c.name != name)
-        .map(|c| (c.name.clone(), strings(&c.dependencies)))
+        .map(|c| (c.name.clone(), string_list(&c.dependencies)))
         .collect();
     graph.insert(name.to_owned(), checked.dependencies.clone());
     if let Some(path) = crate::formula::find_cycle(&graph) {
@@ -389,17 +390,6 @@ fn formula_error(e: &crate::formula::FormulaError) -> ApiError {
         code: e.code_str().into(),
         message: e.to_string(),
     }
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// A dependent's formula after its column `old` was renamed `new` (a stored formula always
@@ -601,7 +591,7 @@ async fn carry_rename(
             .iter()
             .filter(|c| ids.contains(&c.id))
             .map(|c| {
-                let deps: Vec<String> = strings(&c.dependencies)
+                let deps: Vec<String> = string_list(&c.dependencies)
                     .into_iter()
                     .map(|d| if d == old { new.to_owned() } else { d })
                     .collect();

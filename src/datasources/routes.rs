@@ -50,7 +50,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(("id" = i64, Path, description = "Panel id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried create")),
     request_body = DataSourceRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Created", body = DataSourceResponse),
         (status = 400, description = "Invalid id, body or config", body = ErrorBody),
@@ -82,7 +81,6 @@ pub async fn create_data_source(
 /// The panel's data sources by id, secrets masked; the next page is in `Link`.
 #[utoipa::path(get, path = "/panels/{id}/datasources", tag = "Data sources",
     params(("id" = i64, Path, description = "Panel id"), PageParams),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A page of data sources (a bare array)", body = [DataSourceResponse],
             headers(("Link" = String, description = "rel=\"next\" when there is a next page"), ("X-Next-Cursor" = String))),
@@ -104,7 +102,6 @@ pub async fn list_data_sources(
 /// One data source, secrets masked, with its `ETag`.
 #[utoipa::path(get, path = "/panels/{id}/datasources/{dsId}", tag = "Data sources",
     params(("id" = i64, Path, description = "Panel id"), ("dsId" = i64, Path, description = "Data source id")),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The data source", body = DataSourceResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -126,7 +123,6 @@ pub async fn get_data_source(
     params(("id" = i64, Path, description = "Panel id"), ("dsId" = i64, Path, description = "Data source id"),
         ("If-Match" = Option<String>, Header)),
     request_body = DataSourceRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Updated", body = DataSourceResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id, body or config", body = ErrorBody),
@@ -150,7 +146,6 @@ pub async fn update_data_source(
 #[utoipa::path(delete, path = "/panels/{id}/datasources/{dsId}", tag = "Data sources",
     params(("id" = i64, Path, description = "Panel id"), ("dsId" = i64, Path, description = "Data source id"),
         ("If-Match" = Option<String>, Header)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -175,7 +170,6 @@ pub async fn delete_data_source(
 #[utoipa::path(post, path = "/panels/{id}/datasources/{dsId}/sync", tag = "Data sources",
     params(("id" = i64, Path, description = "Panel id"), ("dsId" = i64, Path, description = "Data source id"),
         ("Prefer" = Option<String>, Header, description = "`respond-async` to answer 202 at once")),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The run ended (syncStatus success or error)", body = SyncResult),
         (status = 202, description = "The run is queued or still running", body = SyncResult),
@@ -219,7 +213,6 @@ pub struct RunsQuery {
 /// The source's sync runs, newest first, with their counts and row errors.
 #[utoipa::path(get, path = "/panels/{id}/datasources/{dsId}/runs", tag = "Data sources",
     params(("id" = i64, Path, description = "Panel id"), ("dsId" = i64, Path, description = "Data source id"), RunsQuery),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Runs", body = RunListResponse),
         (status = 400, description = "Invalid id or query", body = ErrorBody),
@@ -254,7 +247,6 @@ pub async fn list_runs(
             (Vec<Object> = "application/json"),
             (String = "application/x-ndjson"),
         )),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Synced (syncStatus success or error)", body = SyncResult),
         (status = 400, description = "Invalid id or source config", body = ErrorBody),
@@ -304,7 +296,6 @@ pub async fn upload_file(
 #[utoipa::path(post, path = "/panels/{id}/datasources/{dsId}/records", tag = "Data sources",
     params(("id" = i64, Path, description = "Panel id"), ("dsId" = i64, Path, description = "Data source id")),
     request_body = PushRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Upserted", body = PushResponse),
         (status = 400, description = "Invalid id or body, or more than 10,000 records", body = ErrorBody),

@@ -9,7 +9,7 @@ use super::eval::{Evaluator, compare, compare_op};
 use super::num::{self, RoundMode};
 use super::parse::{BinaryOp, Expr, ExprKind};
 use super::pattern;
-use super::sql::{A, SqlCompiler, SqlParam};
+use super::sql::{HelperArg, SqlCompiler, SqlParam};
 use super::{MAX_TEXT_BYTES, Value, ValueType};
 
 /// How the checker treats an argument.
@@ -405,7 +405,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: r#"CONCAT(firstName, " ", lastName)"#,
         sql: |c, _, a| {
             c.sql("panels_text_cap(");
-            infix(c, a, " || ", |c, e| c.arg(&A::AnyTextOr(e)));
+            infix(c, a, " || ", |c, e| c.arg(&HelperArg::AnyTextOr(e)));
             c.sql(")");
         },
         eval: |ev, e, a| {
@@ -431,7 +431,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         // Case mapping can lengthen a text (ß → SS): capped like any text that can grow.
         sql: |c, _, a| {
             c.sql("panels_text_cap(");
-            c.func("panels_upper", &[A::Text(&a[0])]);
+            c.func("panels_upper", &[HelperArg::Text(&a[0])]);
             c.sql(")");
         },
         eval: |ev, e, a| {
@@ -449,7 +449,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: "LOWER(email)",
         sql: |c, _, a| {
             c.sql("panels_text_cap(");
-            c.func("panels_lower", &[A::Text(&a[0])]);
+            c.func("panels_lower", &[HelperArg::Text(&a[0])]);
             c.sql(")");
         },
         eval: |ev, e, a| {
@@ -465,7 +465,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Text),
         signature: "TRIM(text)",
         example: "TRIM(name)",
-        sql: |c, _, a| c.func("btrim", &[A::Text(&a[0]), A::Raw("' '")]),
+        sql: |c, _, a| c.func("btrim", &[HelperArg::Text(&a[0]), HelperArg::Raw("' '")]),
         eval: |ev, _, a| text(ev.text(&a[0]).map(|s| s.trim_matches(' ').to_string())),
     },
     Function {
@@ -477,7 +477,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "LEN(text)",
         example: "LEN(description)",
         sql: |c, _, a| {
-            c.func("length", &[A::Text(&a[0])]);
+            c.func("length", &[HelperArg::Text(&a[0])]);
             c.sql("::float8");
         },
         eval: |ev, _, a| number(ev.text(&a[0]).map(|s| s.chars().count() as f64)),
@@ -492,7 +492,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: "LEFT(code, 3)",
         sql: |c, _, a| {
             c.sql("left(");
-            c.arg(&A::Text(&a[0]));
+            c.arg(&HelperArg::Text(&a[0]));
             c.sql(", ");
             count_sql(c, a.get(1));
             c.sql(")");
@@ -513,7 +513,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: "RIGHT(phone, 4)",
         sql: |c, _, a| {
             c.sql("right(");
-            c.arg(&A::Text(&a[0]));
+            c.arg(&HelperArg::Text(&a[0]));
             c.sql(", ");
             count_sql(c, a.get(1));
             c.sql(")");
@@ -534,7 +534,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: "MID(code, 2, 3)",
         sql: |c, _, a| {
             c.sql("substr(");
-            c.arg(&A::Text(&a[0]));
+            c.arg(&HelperArg::Text(&a[0]));
             c.sql(", ");
             position_sql(c, &a[1]);
             c.sql(", ");
@@ -564,7 +564,11 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         sql: |c, _, a| {
             c.func(
                 "panels_substitute",
-                &[A::Text(&a[0]), A::TextOr(&a[1]), A::TextOr(&a[2])],
+                &[
+                    HelperArg::Text(&a[0]),
+                    HelperArg::TextOr(&a[1]),
+                    HelperArg::TextOr(&a[2]),
+                ],
             )
         },
         eval: |ev, e, a| {
@@ -598,9 +602,9 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: r#"REPLACE(code, 1, 2, "XX")"#,
         sql: |c, _, a| {
             c.sql("panels_text_cap(overlay(");
-            c.arg(&A::Text(&a[0]));
+            c.arg(&HelperArg::Text(&a[0]));
             c.sql(" placing ");
-            c.arg(&A::TextOr(&a[3]));
+            c.arg(&HelperArg::TextOr(&a[3]));
             c.sql(" from ");
             position_sql(c, &a[1]);
             c.sql(" for ");
@@ -633,7 +637,10 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "FIND(needle, haystack)",
         example: r#"FIND("@", email)"#,
         sql: |c, _, a| {
-            c.func("strpos", &[A::Text(&a[1]), A::TextOr(&a[0])]);
+            c.func(
+                "strpos",
+                &[HelperArg::Text(&a[1]), HelperArg::TextOr(&a[0])],
+            );
             c.sql("::float8");
         },
         eval: |ev, _, a| {
@@ -654,7 +661,10 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "CONTAINS(haystack, needle)",
         example: r#"CONTAINS(email, "@example.com")"#,
         sql: |c, _, a| {
-            c.func("strpos", &[A::TextOr(&a[0]), A::TextOr(&a[1])]);
+            c.func(
+                "strpos",
+                &[HelperArg::TextOr(&a[0]), HelperArg::TextOr(&a[1])],
+            );
             c.sql(" > 0");
         },
         eval: |ev, _, a| {
@@ -671,7 +681,12 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Boolean),
         signature: "STARTS_WITH(text, prefix)",
         example: r#"STARTS_WITH(sku, "EU-")"#,
-        sql: |c, _, a| c.func("starts_with", &[A::TextOr(&a[0]), A::TextOr(&a[1])]),
+        sql: |c, _, a| {
+            c.func(
+                "starts_with",
+                &[HelperArg::TextOr(&a[0]), HelperArg::TextOr(&a[1])],
+            )
+        },
         eval: |ev, _, a| {
             let s = ev.text_or_empty(&a[0]);
             let p = ev.text_or_empty(&a[1]);
@@ -686,7 +701,12 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Boolean),
         signature: "ENDS_WITH(text, suffix)",
         example: r#"ENDS_WITH(email, ".org")"#,
-        sql: |c, _, a| c.func("panels_ends_with", &[A::TextOr(&a[0]), A::TextOr(&a[1])]),
+        sql: |c, _, a| {
+            c.func(
+                "panels_ends_with",
+                &[HelperArg::TextOr(&a[0]), HelperArg::TextOr(&a[1])],
+            )
+        },
         eval: |ev, _, a| {
             let s = ev.text_or_empty(&a[0]);
             let p = ev.text_or_empty(&a[1]);
@@ -704,7 +724,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         sql: |c, _, a| {
             let normalized = pattern::normalize(literal(&a[1])).unwrap_or_default();
             c.sql("coalesce(");
-            c.arg(&A::Text(&a[0]));
+            c.arg(&HelperArg::Text(&a[0]));
             c.sql(" ~ ");
             c.param(SqlParam::Text(normalized));
             c.sql(", false)");
@@ -738,7 +758,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: r#"REPT("*", rating)"#,
         sql: |c, _, a| {
             c.sql("panels_rept(");
-            c.arg(&A::Text(&a[0]));
+            c.arg(&HelperArg::Text(&a[0]));
             c.sql(", panels_int(");
             c.num(&a[1]);
             c.sql("))");
@@ -798,7 +818,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "FLOOR(number)",
         example: "FLOOR(rating)",
-        sql: |c, _, a| c.func("floor", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("floor", &[HelperArg::Num(&a[0])]),
         eval: |ev, _, a| Value::Number(ev.num(&a[0]).floor()),
     },
     Function {
@@ -809,7 +829,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "CEILING(number)",
         example: "CEILING(hours)",
-        sql: |c, _, a| c.func("ceil", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("ceil", &[HelperArg::Num(&a[0])]),
         eval: |ev, _, a| Value::Number(ev.num(&a[0]).ceil()),
     },
     Function {
@@ -820,7 +840,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "INT(number)",
         example: "INT(-2.5)",
-        sql: |c, _, a| c.func("floor", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("floor", &[HelperArg::Num(&a[0])]),
         eval: |ev, _, a| Value::Number(ev.num(&a[0]).floor()),
     },
     Function {
@@ -831,7 +851,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "ABS(number)",
         example: "ABS(balance)",
-        sql: |c, _, a| c.func("abs", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("abs", &[HelperArg::Num(&a[0])]),
         eval: |ev, _, a| Value::Number(ev.num(&a[0]).abs()),
     },
     Function {
@@ -842,7 +862,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "SIGN(number)",
         example: "SIGN(balance)",
-        sql: |c, _, a| c.func("sign", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("sign", &[HelperArg::Num(&a[0])]),
         eval: |ev, _, a| Value::Number(num::sign(ev.num(&a[0]))),
     },
     Function {
@@ -941,7 +961,12 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "POWER(base, exponent)",
         example: "POWER(1 + rate, years)",
-        sql: |c, _, a| c.func("panels_power", &[A::Num(&a[0]), A::Num(&a[1])]),
+        sql: |c, _, a| {
+            c.func(
+                "panels_power",
+                &[HelperArg::Num(&a[0]), HelperArg::Num(&a[1])],
+            )
+        },
         eval: |ev, e, a| {
             let x = ev.num(&a[0]);
             let y = ev.num(&a[1]);
@@ -956,7 +981,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "SQRT(number)",
         example: "SQRT(area)",
-        sql: |c, _, a| c.func("panels_sqrt", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("panels_sqrt", &[HelperArg::Num(&a[0])]),
         eval: |ev, e, a| unary_num(ev, e, a, num::sqrt),
     },
     Function {
@@ -967,7 +992,12 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "MOD(number, divisor)",
         example: "MOD(row, 2)",
-        sql: |c, _, a| c.func("panels_mod", &[A::Num(&a[0]), A::Num(&a[1])]),
+        sql: |c, _, a| {
+            c.func(
+                "panels_mod",
+                &[HelperArg::Num(&a[0]), HelperArg::Num(&a[1])],
+            )
+        },
         eval: |ev, e, a| {
             let x = ev.num(&a[0]);
             let y = ev.num(&a[1]);
@@ -986,7 +1016,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "VALUE(text)",
         example: r#"VALUE("12.5")"#,
-        sql: |c, _, a| c.func("panels_try_float8", &[A::Text(&a[0])]),
+        sql: |c, _, a| c.func("panels_try_float8", &[HelperArg::Text(&a[0])]),
         eval: |ev, e, a| match ev.text(&a[0]) {
             None => Value::Blank,
             Some(s) => {
@@ -1004,12 +1034,12 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "LOG(number, [base = 10])",
         example: "LOG(1000)",
         sql: |c, _, a| match a.get(1) {
-            None => c.func("panels_log10", &[A::Num(&a[0])]),
+            None => c.func("panels_log10", &[HelperArg::Num(&a[0])]),
             Some(base) => {
                 c.sql("panels_div(");
-                c.func("panels_ln", &[A::Num(&a[0])]);
+                c.func("panels_ln", &[HelperArg::Num(&a[0])]);
                 c.sql(", ");
-                c.func("panels_ln", &[A::Num(base)]);
+                c.func("panels_ln", &[HelperArg::Num(base)]);
                 c.sql(")");
             }
         },
@@ -1033,7 +1063,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "LN(number)",
         example: "LN(growth)",
-        sql: |c, _, a| c.func("panels_ln", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("panels_ln", &[HelperArg::Num(&a[0])]),
         eval: |ev, e, a| unary_num(ev, e, a, num::ln),
     },
     Function {
@@ -1044,7 +1074,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::Number),
         signature: "EXP(number)",
         example: "EXP(1)",
-        sql: |c, _, a| c.func("panels_exp", &[A::Num(&a[0])]),
+        sql: |c, _, a| c.func("panels_exp", &[HelperArg::Num(&a[0])]),
         eval: |ev, e, a| unary_num(ev, e, a, num::exp),
     },
     // ---- dates ----
@@ -1082,7 +1112,11 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         sql: |c, _, a| {
             c.func(
                 "panels_make_date",
-                &[A::Num(&a[0]), A::Num(&a[1]), A::Num(&a[2])],
+                &[
+                    HelperArg::Num(&a[0]),
+                    HelperArg::Num(&a[1]),
+                    HelperArg::Num(&a[2]),
+                ],
             )
         },
         eval: |ev, e, a| {
@@ -1196,7 +1230,14 @@ pub(crate) static FUNCTIONS: &[Function] = &[
                     Unit::Years => "12",
                     _ => "1",
                 };
-                c.func(helper, &[A::As(&a[0], T::Date), A::Num(&a[1]), A::Raw(per)]);
+                c.func(
+                    helper,
+                    &[
+                        HelperArg::As(&a[0], T::Date),
+                        HelperArg::Num(&a[1]),
+                        HelperArg::Raw(per),
+                    ],
+                );
             } else {
                 let (helper, per) = match unit {
                     Unit::Months => ("panels_ts_add_months", "1"),
@@ -1207,7 +1248,14 @@ pub(crate) static FUNCTIONS: &[Function] = &[
                     Unit::Days => ("panels_ts_add_seconds", "86400"),
                     Unit::Weeks => ("panels_ts_add_seconds", "604800"),
                 };
-                c.func(helper, &[A::Ts(&a[0]), A::Num(&a[1]), A::Raw(per)]);
+                c.func(
+                    helper,
+                    &[
+                        HelperArg::Ts(&a[0]),
+                        HelperArg::Num(&a[1]),
+                        HelperArg::Raw(per),
+                    ],
+                );
                 c.sql(" at time zone 'UTC'");
             }
         },
@@ -1255,7 +1303,11 @@ pub(crate) static FUNCTIONS: &[Function] = &[
                     let per = if unit == Unit::Years { "12" } else { "1" };
                     c.func(
                         "panels_datediff_months",
-                        &[A::Ts(&a[0]), A::Ts(&a[1]), A::Raw(per)],
+                        &[
+                            HelperArg::Ts(&a[0]),
+                            HelperArg::Ts(&a[1]),
+                            HelperArg::Raw(per),
+                        ],
                     );
                 }
                 _ => {
@@ -1268,7 +1320,11 @@ pub(crate) static FUNCTIONS: &[Function] = &[
                     };
                     c.func(
                         "panels_datediff_micros",
-                        &[A::Ts(&a[0]), A::Ts(&a[1]), A::Raw(per)],
+                        &[
+                            HelperArg::Ts(&a[0]),
+                            HelperArg::Ts(&a[1]),
+                            HelperArg::Raw(per),
+                        ],
                     );
                 }
             }
@@ -1294,7 +1350,10 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         example: "DATETIME_FORMAT(created, \"D MMM YYYY\")",
         sql: |c, _, a| {
             let pattern = datetime::to_char_pattern(&format_arg(a));
-            c.func("to_char", &[A::Ts(&a[0]), A::Param(pattern)]);
+            c.func(
+                "to_char",
+                &[HelperArg::Ts(&a[0]), HelperArg::Param(pattern)],
+            );
         },
         eval: |ev, _, a| {
             let items = format_arg(a);
@@ -1309,7 +1368,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         ret: Ret::Fixed(T::DateTime),
         signature: "DATETIME_PARSE(text)",
         example: "DATETIME_PARSE(\"2024-05-01T09:30:00Z\")",
-        sql: |c, _, a| c.func("panels_try_timestamptz", &[A::Text(&a[0])]),
+        sql: |c, _, a| c.func("panels_try_timestamptz", &[HelperArg::Text(&a[0])]),
         eval: |ev, e, a| match ev.text(&a[0]) {
             None => Value::Blank,
             Some(s) => match datetime::parse_datetime(&s) {

@@ -135,7 +135,7 @@ pub fn compile_sql(checked: &Checked, columns: &dyn ColumnSql, out: &mut SqlBuil
 }
 
 /// An argument of a helper-function call, in the form the helper wants it.
-pub(crate) enum A<'e> {
+pub(crate) enum HelperArg<'e> {
     /// A number, blank read as 0.
     Num(&'e Expr),
     /// Text, blank stays NULL.
@@ -169,7 +169,7 @@ impl SqlCompiler<'_> {
     }
 
     /// `name(arg, arg, …)`.
-    pub fn func(&mut self, name: &str, args: &[A<'_>]) {
+    pub fn func(&mut self, name: &str, args: &[HelperArg<'_>]) {
         self.sql(name);
         self.sql("(");
         for (i, arg) in args.iter().enumerate() {
@@ -181,24 +181,24 @@ impl SqlCompiler<'_> {
         self.sql(")");
     }
 
-    pub fn arg(&mut self, arg: &A<'_>) {
+    pub fn arg(&mut self, arg: &HelperArg<'_>) {
         match arg {
-            A::Num(e) => self.num(e),
-            A::Text(e) => self.expr_as(e, ValueType::Text),
-            A::TextOr(e) => {
+            HelperArg::Num(e) => self.num(e),
+            HelperArg::Text(e) => self.expr_as(e, ValueType::Text),
+            HelperArg::TextOr(e) => {
                 self.sql("coalesce(");
                 self.expr_as(e, ValueType::Text);
                 self.sql(", '')");
             }
-            A::AnyTextOr(e) => {
+            HelperArg::AnyTextOr(e) => {
                 self.sql("coalesce(");
                 self.any_text(e);
                 self.sql(", '')");
             }
-            A::Ts(e) => self.timestamp(e),
-            A::As(e, ty) => self.expr_as(e, *ty),
-            A::Raw(s) => self.sql(s),
-            A::Param(s) => self.param(SqlParam::Text(s.clone())),
+            HelperArg::Ts(e) => self.timestamp(e),
+            HelperArg::As(e, ty) => self.expr_as(e, *ty),
+            HelperArg::Raw(s) => self.sql(s),
+            HelperArg::Param(s) => self.param(SqlParam::Text(s.clone())),
         }
     }
 
@@ -298,15 +298,15 @@ impl SqlCompiler<'_> {
             BinaryOp::Div => "panels_div",
             BinaryOp::Concat => {
                 self.sql("panels_text_cap(");
-                self.arg(&A::AnyTextOr(l));
+                self.arg(&HelperArg::AnyTextOr(l));
                 self.sql(" || ");
-                self.arg(&A::AnyTextOr(r));
+                self.arg(&HelperArg::AnyTextOr(r));
                 self.sql(")");
                 return;
             }
             _ => return self.compare(op, l, r),
         };
-        self.func(helper, &[A::Num(l), A::Num(r)]);
+        self.func(helper, &[HelperArg::Num(l), HelperArg::Num(r)]);
     }
 
     /// A comparison that is false (never NULL) when either side is blank. Text compares by

@@ -26,7 +26,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Create a panel (builder or admin); the caller becomes its owner.
 #[utoipa::path(post, path = "/panels", tag = "Panels", request_body = CreatePanelRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried create")),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Created", body = PanelResponse),
         (status = 400, description = "Invalid body", body = ErrorBody),
@@ -48,7 +47,6 @@ pub async fn create_panel(
 
 /// Panels the caller can see (admins: the whole tenant), by id; the next page is in `Link`.
 #[utoipa::path(get, path = "/panels", tag = "Panels", params(PageParams),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A page of panels (a bare array)", body = [PanelResponse],
             headers(("Link" = String, description = "rel=\"next\" when there is a next page"), ("X-Next-Cursor" = String))),
@@ -68,7 +66,6 @@ pub async fn list_panels(
 
 /// One panel, with its `ETag`.
 #[utoipa::path(get, path = "/panels/{id}", tag = "Panels", params(("id" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The panel", body = PanelResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -88,7 +85,6 @@ pub async fn get_panel(
 /// Update name, description, metadata (merged) or cohort rule; `If-Match` guards against lost updates.
 #[utoipa::path(put, path = "/panels/{id}", tag = "Panels", params(("id" = i64, Path), ("If-Match" = Option<String>, Header)),
     request_body = UpdatePanelRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Updated", body = PanelResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid body or cohort rule", body = ErrorBody),
@@ -110,7 +106,6 @@ pub async fn update_panel(
 
 /// Delete a panel (owner or admin) and everything in it, in one transaction.
 #[utoipa::path(delete, path = "/panels/{id}", tag = "Panels", params(("id" = i64, Path), ("If-Match" = Option<String>, Header)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid id", body = ErrorBody),

@@ -24,7 +24,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The panel's rows through its columns, by id; the next page at `?cursor=<nextCursor>` (also
 /// in `Link`). A value that does not fit its column is null and counted in `warnings`.
 #[utoipa::path(get, path = "/panels/{id}/rows", tag = "Rows", params(("id" = i64, Path, description = "Panel id"), PageParams),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A page of rows", body = RowPage,
             headers(("Link" = String, description = "rel=\"next\" when there is a next page"), ("X-Next-Cursor" = String))),
@@ -51,7 +50,6 @@ pub async fn list_rows(
 /// `FORMULA_*` code and the position.
 #[utoipa::path(post, path = "/panels/{id}/formulas/check", tag = "Rows", params(("id" = i64, Path, description = "Panel id")),
     request_body = FormulaCheckRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The formula is valid", body = FormulaCheckResponse),
         (status = 400, description = "Invalid formula (FORMULA_* codes) or body", body = ErrorBody),

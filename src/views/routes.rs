@@ -30,7 +30,6 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Create a view of a panel the caller can read; the caller becomes its owner.
 #[utoipa::path(post, path = "/views", tag = "Views", request_body = CreateViewRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first response for a retried create")),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 201, description = "Created", body = ViewResponse),
         (status = 400, description = "Invalid body, or columns that are not the panel's", body = ErrorBody),
@@ -54,7 +53,6 @@ pub async fn create_view(
 /// Views the caller can see (admins: the whole tenant; others: views shared with them and the
 /// published views of panels they can read), newest id first; the next page is in `Link`.
 #[utoipa::path(get, path = "/views", tag = "Views", params(ViewListQuery),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "A page of views and the number matching", body = ViewListResponse,
             headers(("Link" = String, description = "rel=\"next\" when there is a next page"), ("X-Next-Cursor" = String))),
@@ -74,7 +72,6 @@ pub async fn list_views(
 
 /// One view with its sorts, and its `ETag`.
 #[utoipa::path(get, path = "/views/{id}", tag = "Views", params(("id" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The view", body = ViewResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -94,7 +91,6 @@ pub async fn get_view(
 /// Update name, visible columns (replaced) or metadata (merged): editor, owner or admin.
 #[utoipa::path(put, path = "/views/{id}", tag = "Views", params(("id" = i64, Path), ("If-Match" = Option<String>, Header)),
     request_body = UpdateViewRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "Updated", body = ViewResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid body, or columns that are not the panel's", body = ErrorBody),
@@ -116,7 +112,6 @@ pub async fn update_view(
 
 /// Delete a view (owner or admin) with its sorts, notifications and ACL entries.
 #[utoipa::path(delete, path = "/views/{id}", tag = "Views", params(("id" = i64, Path), ("If-Match" = Option<String>, Header)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -137,7 +132,6 @@ pub async fn delete_view(
 
 /// The view's sorts, by `order`.
 #[utoipa::path(get, path = "/views/{id}/sorts", tag = "Views", params(("id" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The sorts", body = SortsResponse),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -156,7 +150,6 @@ pub async fn list_view_sorts(
 /// column of the panel and each `order` used once.
 #[utoipa::path(put, path = "/views/{id}/sorts", tag = "Views", params(("id" = i64, Path), ("If-Match" = Option<String>, Header)),
     request_body = ReplaceSortsRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The new sorts, by order", body = SortsResponse, headers(("ETag" = String, description = "The view's new ETag"))),
         (status = 400, description = "Invalid sorts", body = ErrorBody),
@@ -178,7 +171,6 @@ pub async fn replace_view_sorts(
 
 /// The view's filter tree, and its conditions as a flat list (for the older client).
 #[utoipa::path(get, path = "/views/{id}/filters", tag = "Views", params(("id" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The filters", body = FiltersResponse),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -199,7 +191,6 @@ pub async fn get_view_filters(
 /// names, or the older client's `{"filters": [{columnName, operator, value, logicalOperator}]}`.
 #[utoipa::path(put, path = "/views/{id}/filters", tag = "Views", params(("id" = i64, Path), ("If-Match" = Option<String>, Header)),
     request_body = ReplaceFiltersRequest,
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The new filters", body = FiltersResponse, headers(("ETag" = String, description = "The view's new ETag"))),
         (status = 400, description = "Invalid filters", body = ErrorBody),
@@ -222,7 +213,6 @@ pub async fn replace_view_filters(
 /// Publish a view to everyone in the tenant (editor on the view and the builder role, or admin).
 /// Any request body is ignored.
 #[utoipa::path(post, path = "/views/{id}/publish", tag = "Views", params(("id" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The published view", body = ViewResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id", body = ErrorBody),
@@ -241,7 +231,6 @@ pub async fn publish_view(
 
 /// Withdraw a published view (editor on the view and the builder role, or admin).
 #[utoipa::path(post, path = "/views/{id}/unpublish", tag = "Views", params(("id" = i64, Path)),
-    security(("bearer" = []), ("apiKey" = [])),
     responses(
         (status = 200, description = "The unpublished view", body = ViewResponse, headers(("ETag" = String))),
         (status = 400, description = "Invalid id", body = ErrorBody),
