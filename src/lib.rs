@@ -100,7 +100,7 @@ pub async fn serve_on(
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     // Answers go out when written: without TCP_NODELAY, Nagle's algorithm holds a small write
-    // while an earlier one is unacknowledged, and the client's delayed ACK can make that 40 ms.
+    // while an earlier one is unacknowledged, until the client's delayed ACK.
     let listener = listener.tap_io(|stream| {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY on an accepted connection");

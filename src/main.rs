@@ -41,8 +41,7 @@ enum Command {
 }
 
 /// mimalloc instead of glibc's malloc: under load glibc's per-thread arenas contend on their locks
-/// (futex waits and wake-ups were a fifth of the server's CPU on cache hits) and keep freed memory
-/// (a burst of logins, 19 MiB each, left glibc at about 1 GB). Measured in bench/README.md.
+/// and keep freed memory (bench/README.md, findings 11 and 15).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -16,7 +16,7 @@
 //! call admits up to a fiftieth of a second's worth (at most [`MAX_LEASE`]), debited in Redis at
 //! once, and this instance hands them out to its next requests of that key within
 //! [`LEASE_TTL`]. A busy tenant then costs Redis one call per lease instead of one per request
-//! (the load benchmark measured that call at a quarter of a cached read's cost). Nothing passes
+//! (bench/README.md, finding 11). Nothing passes
 //! that Redis did not admit; a lease left unused when it expires is lost, so a limit can only
 //! err on the strict side. Lower limits (logins, small tenants) admit one request per call.
 

@@ -1,7 +1,6 @@
 //! The application state shared by every handler: one `Arc`, so the clones axum makes for every
-//! request and layer cost one atomic increment (cloning each field's handle was 6% of the server's
-//! CPU on cache hits: a dozen atomics on counters both cores write), passed with `State`, with
-//! `FromRef` for the parts extractors need.
+//! request and layer cost one atomic increment rather than one per field's handle (bench/README.md,
+//! finding 11), passed with `State`, with `FromRef` for the parts extractors need.
 
 use std::ops::Deref;
 use std::sync::Arc;

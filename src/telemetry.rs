@@ -48,9 +48,8 @@ where
 /// opens a span and records its tenant and user on it, so this runs on every request.
 /// `tracing_subscriber`'s own `JsonFields` builds a map of JSON values for each span, and it
 /// parses and re-serialises the whole object on each `record`. This writer appends instead.
-/// The load benchmark measured the request span at about a tenth of a cache hit's CPU
-/// (bench/README.md, finding 17). The JSON event formatter reads these objects back when a line
-/// is written, which happens rarely.
+/// The request span is a measurable share of a cache hit (bench/README.md, finding 17). The JSON
+/// event formatter reads these objects back when a line is written, which happens rarely.
 pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {

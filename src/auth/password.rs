@@ -5,9 +5,9 @@ use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVe
 
 const MEMORY_KIB: u32 = Params::DEFAULT_M_COST;
 
-/// At most one hash per core at a time: each needs 19 MiB and a core for tens of milliseconds,
-/// so more at once only queue on the CPU while holding memory (a burst of logins once held the
-/// server at 1 GB). A process-wide bound like the blocking pool itself, hence a static.
+/// At most one hash per core at a time: each needs its memory (`MEMORY_KIB`) and a core for a
+/// while, so more at once only queue on the CPU while holding memory (bench/README.md, finding 8).
+/// A process-wide bound like the blocking pool itself, hence a static.
 static HASHING: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
     let cores = std::thread::available_parallelism()
         .map(std::num::NonZeroUsize::get)

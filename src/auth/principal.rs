@@ -27,9 +27,9 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-/// Fills the request span's `tenant` and `user` in one record: the JSON log layer parses and
-/// rewrites a span's fields on every record, which made two records 5% of the server's CPU on
-/// cached reads. (`FieldSet::value_set` is what tracing's own macros expand to.)
+/// Fills the request span's `tenant` and `user` in one record, not two: each record of a span
+/// costs the JSON log layer work of its own (bench/README.md, finding 11). (`FieldSet::value_set`
+/// is what tracing's own macros expand to.)
 fn record_principal(span: &tracing::Span, principal: &Principal) {
     let Some(fields) = span.metadata().map(|m| m.fields()) else {
         return;

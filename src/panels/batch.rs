@@ -28,10 +28,9 @@ use crate::error::{ApiError, Result};
 
 /// Most creates one statement writes.
 pub const MAX_BATCH: usize = 64;
-/// Statements in flight at once, each on its own pooled connection. One gave the most creates
-/// per second and the lowest p99 (10-second closed loops of 32 clients, `oha`: 1 in flight
-/// 9,403 and 8,862/s, p99 6.7 ms; 2 in flight 8,433 and 7,810/s; 4 in flight 6,608 and
-/// 7,139/s): each commit then carries every create that queued during the previous one.
+/// Statements in flight at once, each on its own pooled connection. One: each commit then carries
+/// every create that queued during the previous one, which gave the most creates per second and
+/// the lowest p99 of the counts tried (bench/README.md, finding 4).
 pub const IN_FLIGHT: usize = 1;
 /// Creates that may wait for the collector; beyond it, callers wait to queue.
 const QUEUE: usize = 1024;

@@ -116,8 +116,7 @@ struct PanelWithPermission {
 /// The ACL test names the tenant by its parameter, not as `p.tenant_id`: PostgreSQL may answer
 /// the `exists` with one hashed scan of the ACL table, and only a constant tenant lets that scan
 /// use an index. With the correlated form and row-level security off, the scan read every
-/// tenant's entries: 106 ms a page against 0.6 ms (bench/README.md, finding 19). The lists of
-/// views and changes do the same.
+/// tenant's entries (bench/README.md, finding 19). The lists of views and changes do the same.
 pub async fn list_panels(
     conn: &mut PgConnection,
     tenant: &TenantId,
