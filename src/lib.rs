@@ -19,6 +19,7 @@ pub mod filter;
 pub mod formula;
 pub mod health;
 pub mod idempotency;
+pub mod ids;
 pub mod jobs;
 pub mod metrics;
 pub mod netguard;
