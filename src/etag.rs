@@ -5,7 +5,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 
 use crate::error::ApiError;
 
-pub fn etag(kind: &str, id: i64, version: i32) -> String {
+pub fn etag(kind: &str, id: impl Into<i64>, version: i32) -> String {
+    let id = id.into();
     format!("\"{kind}-{id}-v{version}\"")
 }
 

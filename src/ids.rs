@@ -23,6 +23,12 @@ macro_rules! ids {
             }
         }
 
+        impl From<$name> for i64 {
+            fn from(id: $name) -> Self {
+                id.0
+            }
+        }
+
         impl From<$name> for serde_json::Value {
             fn from(id: $name) -> Self {
                 serde_json::Value::from(id.0)

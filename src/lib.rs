@@ -192,7 +192,7 @@ pub async fn rotate_secrets(config: Config) -> anyhow::Result<(usize, usize)> {
     // The sources of every tenant, listed as the worker role (the only one that may see them all).
     let mut owner = <sqlx::PgConnection as sqlx::Connection>::connect(&owner_url).await?;
     sqlx::Executor::execute(&mut owner, "set role panels_worker").await?;
-    let sources: Vec<(String, i64)> =
+    let sources: Vec<(String, ids::DataSourceId)> =
         sqlx::query_as("select tenant_id, id from data_source order by tenant_id, id")
             .fetch_all(&mut owner)
             .await?;

@@ -62,15 +62,15 @@ fn decode(cursor: &str) -> Option<i64> {
 }
 
 /// Trims a page fetched with `limit + 1` rows; answers the next cursor when there is more.
-pub fn split<T>(
+pub fn split<T, K: Into<i64>>(
     mut rows: Vec<T>,
     page: Page,
-    id_of: impl Fn(&T) -> i64,
+    id_of: impl Fn(&T) -> K,
 ) -> (Vec<T>, Option<String>) {
     let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
     if rows.len() > limit {
         rows.truncate(limit);
-        let next = rows.last().map(|row| encode(id_of(row)));
+        let next = rows.last().map(|row| encode(id_of(row).into()));
         (rows, next)
     } else {
         (rows, None)

@@ -5,6 +5,7 @@ use sqlx::PgConnection;
 use super::model::AclRow;
 use super::model::ResourceType;
 use crate::auth::TenantId;
+use crate::ids::PanelId;
 
 /// The columns of `AclRow`, as a literal so queries stay `&'static str`.
 macro_rules! columns {
@@ -154,7 +155,7 @@ pub async fn panel_of(
     tenant: &TenantId,
     resource_type: ResourceType,
     resource_id: i64,
-) -> sqlx::Result<Option<i64>> {
+) -> sqlx::Result<Option<PanelId>> {
     let sql = match resource_type {
         ResourceType::Panel => "select id from panel where tenant_id = $1 and id = $2",
         ResourceType::View => "select panel_id from view where tenant_id = $1 and id = $2",

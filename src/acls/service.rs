@@ -9,6 +9,7 @@ use crate::auth::Principal;
 use crate::cache::Change;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
+use crate::ids::PanelId;
 use crate::state::AppState;
 use crate::write::{self, Writer};
 use sqlx::PgConnection;
@@ -84,7 +85,7 @@ async fn authorize(
     resource_type: ResourceType,
     resource_id: i64,
     needed: Permission,
-) -> Result<i64> {
+) -> Result<PanelId> {
     let panel_id = repo::panel_of(tx, &principal.tenant, resource_type, resource_id)
         .await?
         .ok_or_else(|| not_found(resource_type))?;

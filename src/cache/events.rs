@@ -2,6 +2,7 @@
 //! Redis call as its version bump), and each instance's one subscription connection fans the
 //! namespace's messages out to its in-process subscribers.
 
+use crate::ids::PanelId;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -18,14 +19,14 @@ use crate::auth::TenantId;
 #[derive(Debug, Clone)]
 pub struct Change {
     event: &'static str,
-    pub(super) panel_id: i64,
+    pub(super) panel_id: PanelId,
     pub(super) lists: bool,
     extra: Map<String, Value>,
 }
 
 impl Change {
     /// A change of the panel or of anything in it: its cached reads are never read again.
-    pub fn panel(event: &'static str, panel_id: i64) -> Self {
+    pub fn panel(event: &'static str, panel_id: PanelId) -> Self {
         Self {
             event,
             panel_id,
@@ -176,7 +177,9 @@ mod tests {
         };
         assert_eq!(event.tenant(), Some("acme-health"));
         assert_eq!(event.json().expect("json")["panelId"], 3);
-        let payload = Change::panel("view.updated", 3).with("viewId", 9).payload();
+        let payload = Change::panel("view.updated", crate::ids::PanelId(3))
+            .with("viewId", 9)
+            .payload();
         assert_eq!(
             serde_json::from_str::<Value>(&payload).expect("json"),
             serde_json::json!({"type": "view.updated", "panelId": 3, "viewId": 9})

@@ -41,6 +41,7 @@ use secrecy::ExposeSecret;
 use tokio::sync::{Notify, broadcast, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::ids::{PanelId, ViewId};
 use crate::metrics::Metrics;
 
 pub use events::{Change, Event};
@@ -93,7 +94,7 @@ struct Inner {
     redis: Option<Redis>,
     /// The versions when there is no Redis.
     local_versions: Mutex<HashMap<String, u64>>,
-    view_panels: Mutex<HashMap<(String, i64), i64>>,
+    view_panels: Mutex<HashMap<(String, ViewId), PanelId>>,
     /// `generation << 1 | closed`: the breaker is closed (Redis trusted) when the low bit is set;
     /// every failure starts a new generation, so a probe that began before it cannot close it.
     breaker: AtomicU64,

@@ -1,6 +1,7 @@
 //! Cache-aside reads: a response cached under the versions it depends on, in the process and in
 //! Redis, loaded from PostgreSQL on a miss (after the versions were read).
 
+use crate::ids::{PanelId, ViewId};
 use std::future::Future;
 
 use axum::http::{HeaderValue, header};
@@ -175,7 +176,7 @@ impl Cache {
     }
 
     /// The panel a view belongs to, when this instance has seen it (a view never moves).
-    pub fn view_panel(&self, tenant: &TenantId, view_id: i64) -> Option<i64> {
+    pub fn view_panel(&self, tenant: &TenantId, view_id: ViewId) -> Option<PanelId> {
         let map = self
             .inner
             .view_panels
@@ -184,7 +185,7 @@ impl Cache {
         map.get(&(tenant.as_str().to_owned(), view_id)).copied()
     }
 
-    pub fn remember_view_panel(&self, tenant: &TenantId, view_id: i64, panel_id: i64) {
+    pub fn remember_view_panel(&self, tenant: &TenantId, view_id: ViewId, panel_id: PanelId) {
         let mut map = self
             .inner
             .view_panels

@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::events::Change;
 use super::{Cache, Inner};
 use crate::auth::TenantId;
+use crate::ids::PanelId;
 
 /// Version keys expire when untouched for a day (a lost version restarts at a random value).
 const VERSION_TTL_SECS: u64 = 86_400;
@@ -67,7 +68,7 @@ pub enum Depends {
     /// The tenant's lists (which panels exist, their fields, who may see them).
     Lists,
     /// One panel and everything in it: columns, data sources, views, ACLs.
-    Panel(i64),
+    Panel(PanelId),
 }
 
 impl Cache {

@@ -1,5 +1,6 @@
 //! Change and notification shapes.
 
+use crate::ids::{PanelId, ViewId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -53,7 +54,7 @@ impl Impact {
 /// A change to record.
 #[derive(Debug, Clone)]
 pub struct NewChange {
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub change_type: ChangeType,
     pub affected_column: Option<String>,
     pub description: String,
@@ -64,7 +65,7 @@ pub struct NewChange {
 #[derive(Debug, sqlx::FromRow)]
 pub struct ChangeRow {
     pub id: i64,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub change_type: String,
     pub affected_column: Option<String>,
     pub description: String,
@@ -78,7 +79,7 @@ pub struct ChangeRow {
 #[serde(rename_all = "camelCase")]
 pub struct PanelChange {
     pub id: i64,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     #[schema(value_type = ChangeType)]
     pub change_type: String,
     pub description: String,
@@ -123,7 +124,7 @@ pub struct ChangeListResponse {
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct ChangeQuery {
-    pub panel_id: Option<i64>,
+    pub panel_id: Option<PanelId>,
     pub change_type: Option<ChangeType>,
     /// Only changes at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
@@ -142,7 +143,7 @@ pub struct ChangeQuery {
 pub struct NotificationRow {
     pub id: i64,
     pub tenant_id: String,
-    pub view_id: i64,
+    pub view_id: ViewId,
     pub user_email: String,
     pub impact: String,
     pub message: String,
@@ -150,7 +151,7 @@ pub struct NotificationRow {
     pub acknowledged_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub view_name: String,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub published_by: Option<String>,
     pub panel_change_id: Option<i64>,
 }
@@ -158,9 +159,9 @@ pub struct NotificationRow {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationView {
-    pub id: i64,
+    pub id: ViewId,
     pub name: String,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub published_by: String,
 }
 
@@ -168,7 +169,7 @@ pub struct NotificationView {
 #[serde(rename_all = "camelCase")]
 pub struct ViewNotification {
     pub id: i64,
-    pub view_id: i64,
+    pub view_id: ViewId,
     /// The notified user (their e-mail).
     pub user_id: String,
     pub tenant_id: String,

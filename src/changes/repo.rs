@@ -1,5 +1,6 @@
 //! SQL of changes and notifications.
 
+use crate::ids::PanelId;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -43,7 +44,7 @@ pub struct PublishedView {
 pub async fn published_views(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
 ) -> sqlx::Result<Vec<PublishedView>> {
     sqlx::query_as(
         "select v.id, v.name, v.owner_email, v.visible_columns, v.filters,
@@ -85,7 +86,7 @@ pub async fn insert_notifications(
 }
 
 pub struct ChangeFilter {
-    pub panel_id: Option<i64>,
+    pub panel_id: Option<PanelId>,
     pub change_type: Option<&'static str>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,

@@ -11,6 +11,7 @@ use crate::auth::Principal;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
 use crate::filter::FilterGroup;
+use crate::ids::ColumnId;
 use crate::state::AppState;
 
 /// How a change touches the panel's columns, which decides each published view's impact.
@@ -23,18 +24,18 @@ pub enum Affect<'a> {
     /// A column removed or retyped: breaking for views that show, sort or filter on it or on a
     /// formula depending on it; info for the other published views.
     ColumnBroken {
-        id: i64,
+        id: ColumnId,
         name: &'a str,
-        dependents: &'a [(i64, String)],
+        dependents: &'a [(ColumnId, String)],
     },
     /// A formula's result type changed: warning for views that use it.
     ResultTypeChanged {
-        id: i64,
+        id: ColumnId,
         name: &'a str,
-        dependents: &'a [(i64, String)],
+        dependents: &'a [(ColumnId, String)],
     },
     /// Any other column change: info.
-    Column { id: i64, name: &'a str },
+    Column { id: ColumnId, name: &'a str },
 }
 
 /// Writes the change and notifies the users of affected published views, in the caller's
@@ -82,11 +83,11 @@ pub async fn record(
     Ok(change_id)
 }
 
-fn uses(view: &repo::PublishedView, id: i64, name: &str) -> bool {
+fn uses(view: &repo::PublishedView, id: ColumnId, name: &str) -> bool {
     let id_text = id.to_string();
     let visible = view.visible_columns.as_array().is_some_and(|cols| {
         cols.iter().any(|c| {
-            c.as_str() == Some(&id_text) || c.as_str() == Some(name) || c.as_i64() == Some(id)
+            c.as_str() == Some(&id_text) || c.as_str() == Some(name) || c.as_i64() == Some(id.0)
         })
     });
     let sorted = view.sort_columns.iter().any(|c| c == name);
@@ -97,7 +98,7 @@ fn uses(view: &repo::PublishedView, id: i64, name: &str) -> bool {
 }
 
 fn impact_on(view: &repo::PublishedView, affect: Affect<'_>) -> Impact {
-    let touches = |id: i64, name: &str, dependents: &[(i64, String)]| {
+    let touches = |id: ColumnId, name: &str, dependents: &[(ColumnId, String)]| {
         uses(view, id, name) || dependents.iter().any(|(d, n)| uses(view, *d, n))
     };
     match affect {

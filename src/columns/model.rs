@@ -1,6 +1,7 @@
 //! Column shapes, as the existing client reads them, plus the fields it never had
 //! (`columnType`, `dataSourceId`, `panelId`, `resultType`).
 
+use crate::ids::{ColumnId, DataSourceId, PanelId};
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
@@ -256,14 +257,14 @@ impl Checks {
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ColumnRow {
-    pub id: i64,
-    pub panel_id: i64,
+    pub id: ColumnId,
+    pub panel_id: PanelId,
     pub kind: String,
     pub name: String,
     #[sqlx(rename = "type")]
     pub column_type: String,
     pub source_field: Option<String>,
-    pub data_source_id: Option<i64>,
+    pub data_source_id: Option<DataSourceId>,
     pub formula: Option<String>,
     pub dependencies: Value,
     pub result_type: Option<String>,
@@ -305,7 +306,7 @@ fn metadata(value: Option<Value>) -> Option<Map<String, Value>> {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BaseColumnResponse {
-    pub id: i64,
+    pub id: ColumnId,
     #[schema(example = "Email")]
     pub name: String,
     #[serde(rename = "type")]
@@ -322,14 +323,14 @@ pub struct BaseColumnResponse {
     #[serde(rename = "columnType")]
     pub kind: ColumnKind,
     /// `null` once its data source was deleted.
-    pub data_source_id: Option<i64>,
-    pub panel_id: i64,
+    pub data_source_id: Option<DataSourceId>,
+    pub panel_id: PanelId,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CalculatedColumnResponse {
-    pub id: i64,
+    pub id: ColumnId,
     #[schema(example = "Full name")]
     pub name: String,
     #[serde(rename = "type")]
@@ -349,7 +350,7 @@ pub struct CalculatedColumnResponse {
     pub kind: ColumnKind,
     /// The formula's value type, once known.
     pub result_type: Option<String>,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
 }
 
 /// One column of either kind (what `GET` and `PUT` of a single column answer).
@@ -433,7 +434,7 @@ pub struct CreateBaseColumnRequest {
     pub source_field: Option<String>,
     /// A data source of this panel.
     #[schema(value_type = i64)]
-    pub data_source_id: Option<i64>,
+    pub data_source_id: Option<DataSourceId>,
     #[schema(value_type = ColumnProperties)]
     pub properties: Option<ColumnProperties>,
     #[schema(value_type = Option<Object>)]
@@ -545,7 +546,7 @@ impl Validate for UpdateColumnRequest {
 #[schema(example = json!({"columnIds": [14, 12, 13]}))]
 pub struct ReorderColumnsRequest {
     /// Every column of the panel, each once, in the new order.
-    pub column_ids: Vec<i64>,
+    pub column_ids: Vec<ColumnId>,
 }
 
 impl Validate for ReorderColumnsRequest {

@@ -1,5 +1,6 @@
 //! SQL of columns, and of the view references a column change has to follow.
 
+use crate::ids::{ColumnId, DataSourceId, PanelId};
 use serde_json::Value;
 use sqlx::PgConnection;
 
@@ -22,12 +23,12 @@ macro_rules! display_order {
 
 /// A column about to be inserted.
 pub struct NewColumn<'a> {
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub kind: &'a str,
     pub name: &'a str,
     pub column_type: &'a str,
     pub source_field: Option<&'a str>,
-    pub data_source_id: Option<i64>,
+    pub data_source_id: Option<DataSourceId>,
     pub formula: Option<&'a str>,
     pub dependencies: &'a Value,
     pub result_type: Option<&'a str>,
@@ -42,7 +43,7 @@ pub struct NewColumn<'a> {
 pub async fn lock_panel(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
 ) -> sqlx::Result<()> {
     sqlx::query("select 1 from panel where tenant_id = $1 and id = $2 for no key update")
         .bind(tenant.as_str())
@@ -55,8 +56,8 @@ pub async fn lock_panel(
 pub async fn data_source_exists(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
 ) -> sqlx::Result<bool> {
     sqlx::query_scalar("select exists (select 1 from data_source where tenant_id = $1 and panel_id = $2 and id = $3)")
         .bind(tenant.as_str())
@@ -102,8 +103,8 @@ pub async fn insert_column(
 pub async fn find_column(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: ColumnId,
 ) -> sqlx::Result<Option<ColumnRow>> {
     sqlx::query_as(concat!(
         "select ",
@@ -121,8 +122,8 @@ pub async fn find_column(
 pub async fn list_columns(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    ids: Option<&[i64]>,
+    panel_id: PanelId,
+    ids: Option<&[ColumnId]>,
     tags: Option<&[String]>,
 ) -> sqlx::Result<Vec<ColumnRow>> {
     sqlx::query_as(concat!(
@@ -145,7 +146,7 @@ pub async fn list_columns(
 /// Name, kind and stored dependencies of each of the panel's columns (for formula analysis).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ColumnRef {
-    pub id: i64,
+    pub id: ColumnId,
     pub name: String,
     pub kind: String,
     #[sqlx(rename = "type")]
@@ -158,7 +159,7 @@ pub struct ColumnRef {
 pub async fn column_refs(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
 ) -> sqlx::Result<Vec<ColumnRef>> {
     sqlx::query_as(
         "select id, name, kind, type, result_type, dependencies, formula from panel_column where tenant_id = $1 and panel_id = $2 order by id",
@@ -173,10 +174,10 @@ pub async fn column_refs(
 pub async fn dependents(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     name: &str,
-    except: i64,
-) -> sqlx::Result<Vec<(i64, String)>> {
+    except: ColumnId,
+) -> sqlx::Result<Vec<(ColumnId, String)>> {
     sqlx::query_as(
         "select id, name from panel_column
          where tenant_id = $1 and panel_id = $2 and kind = 'calculated' and id <> $4 and dependencies ? $3
@@ -207,7 +208,7 @@ pub struct ColumnUpdate<'a> {
 pub async fn update_column(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ColumnId,
     u: &ColumnUpdate<'_>,
 ) -> sqlx::Result<ColumnRow> {
     sqlx::query_as(concat!(
@@ -253,7 +254,7 @@ pub async fn set_formulas(
 pub async fn delete_column(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ColumnId,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query("delete from panel_column where tenant_id = $1 and id = $2")
         .bind(tenant.as_str())
@@ -266,8 +267,8 @@ pub async fn delete_column(
 pub async fn column_ids(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-) -> sqlx::Result<Vec<i64>> {
+    panel_id: PanelId,
+) -> sqlx::Result<Vec<ColumnId>> {
     sqlx::query_scalar("select id from panel_column where tenant_id = $1 and panel_id = $2")
         .bind(tenant.as_str())
         .bind(panel_id)
@@ -280,8 +281,8 @@ pub async fn column_ids(
 pub async fn reorder_columns(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    ids: &[i64],
+    panel_id: PanelId,
+    ids: &[ColumnId],
 ) -> sqlx::Result<Vec<ColumnRow>> {
     sqlx::query_as(concat!(
         "with updated as (
@@ -324,8 +325,8 @@ pub struct ViewUse {
 pub async fn view_uses(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: ColumnId,
     name: &str,
 ) -> sqlx::Result<Vec<ViewUse>> {
     sqlx::query_as(
@@ -350,8 +351,8 @@ pub async fn view_uses(
 pub async fn hide_column(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: ColumnId,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "update view v set visible_columns = (
@@ -372,7 +373,7 @@ pub async fn hide_column(
 pub async fn delete_sorts(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     name: &str,
 ) -> sqlx::Result<()> {
     sqlx::query(
@@ -391,7 +392,7 @@ pub async fn delete_sorts(
 pub async fn rename_sorts(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     old: &str,
     new: &str,
 ) -> sqlx::Result<()> {
@@ -412,7 +413,7 @@ pub async fn rename_sorts(
 pub async fn set_view_filters(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     changes: &Value,
 ) -> sqlx::Result<()> {
     sqlx::query(

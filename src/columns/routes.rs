@@ -13,6 +13,7 @@ use crate::error::{ErrorBody, Result};
 use crate::etag::{self, IfMatch};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::idempotency::{self, HashedJson, IdempotencyKey};
+use crate::ids::{ColumnId, PanelId};
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};
 use crate::state::AppState;
 
@@ -41,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn create_base_column(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     IdempotencyKey(key): IdempotencyKey,
     body: HashedJson<CreateBaseColumnRequest>,
 ) -> Result<Response> {
@@ -73,7 +74,7 @@ pub async fn create_base_column(
 pub async fn create_calculated_column(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     IdempotencyKey(key): IdempotencyKey,
     body: HashedJson<CreateCalculatedColumnRequest>,
 ) -> Result<Response> {
@@ -101,7 +102,7 @@ pub async fn create_calculated_column(
 pub async fn list_columns(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> Result<crate::cache::JsonBytes> {
     let filter = ListFilter::from_pairs(pairs)?;
@@ -124,7 +125,7 @@ pub async fn list_columns(
 pub async fn reorder_columns(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     ValidJson(req): ValidJson<ReorderColumnsRequest>,
 ) -> Result<Json<ColumnListResponse>> {
     let columns = service::reorder(&state, &principal, panel_id, req).await?;
@@ -143,7 +144,7 @@ pub async fn reorder_columns(
 pub async fn get_column(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, column_id)): Path<(i64, i64)>,
+    Path((panel_id, column_id)): Path<(PanelId, ColumnId)>,
 ) -> Result<impl IntoResponse> {
     let (column, tag) = service::get(&state, &principal, panel_id, column_id).await?;
     Ok((etag::header_map(&tag), Json(column)))
@@ -166,7 +167,7 @@ pub async fn get_column(
 pub async fn update_column(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, column_id)): Path<(i64, i64)>,
+    Path((panel_id, column_id)): Path<(PanelId, ColumnId)>,
     if_match: IfMatch,
     ValidJson(req): ValidJson<UpdateColumnRequest>,
 ) -> Result<impl IntoResponse> {
@@ -191,7 +192,7 @@ pub async fn update_column(
 pub async fn delete_column(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, column_id)): Path<(i64, i64)>,
+    Path((panel_id, column_id)): Path<(PanelId, ColumnId)>,
     Query(params): Query<DeleteColumnParams>,
     if_match: IfMatch,
 ) -> Result<StatusCode> {

@@ -3,6 +3,7 @@
 //! views or formulas unless forced, and reordering — each request one transaction, each
 //! structural change recorded with its impact.
 
+use crate::ids::{ColumnId, PanelId};
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
@@ -52,7 +53,7 @@ fn check_name(name: &str) -> Result<()> {
 /// What the ids and tags of a list query select.
 #[derive(Debug, Default, PartialEq)]
 pub struct ListFilter {
-    pub ids: Option<Vec<i64>>,
+    pub ids: Option<Vec<ColumnId>>,
     pub tags: Option<Vec<String>>,
 }
 
@@ -69,7 +70,7 @@ impl ListFilter {
                         let id = part.parse().map_err(|_| {
                             ApiError::invalid("ids", "must be column ids (integers)")
                         })?;
-                        ids.push(id);
+                        ids.push(ColumnId(id));
                     }
                 }
                 "tags" | "tags[]" => filter.tags.get_or_insert_with(Vec::new).push(value),
@@ -94,11 +95,11 @@ impl ListFilter {
     }
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn list(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     filter: ListFilter,
 ) -> Result<ColumnListResponse> {
     let mut tx = state.db.begin(&principal.tenant).await?;
@@ -120,7 +121,7 @@ pub async fn list(
 pub async fn list_cached(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     filter: ListFilter,
 ) -> Result<crate::cache::Cached> {
     use crate::cache::{self, Cached, Depends};
@@ -146,8 +147,8 @@ pub async fn list_cached(
 pub async fn get(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    column_id: i64,
+    panel_id: PanelId,
+    column_id: ColumnId,
 ) -> Result<(ColumnResponse, String)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, panel_id, Access::Read).await?;
@@ -159,11 +160,11 @@ pub async fn get(
     Ok((row.into(), tag))
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn create_base(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     req: CreateBaseColumnRequest,
     idempotency_key: Option<&str>,
     digest: &[u8],
@@ -217,11 +218,11 @@ pub async fn create_base(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn create_calculated(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     req: CreateCalculatedColumnRequest,
     idempotency_key: Option<&str>,
     digest: &[u8],
@@ -294,8 +295,8 @@ async fn finish_create(w: &mut Writer<'_>, row: ColumnRow) -> Result<ColumnRespo
 pub async fn analyze_formula(
     tx: &mut Tx,
     principal: &Principal,
-    panel_id: i64,
-    column_id: Option<i64>,
+    panel_id: PanelId,
+    column_id: Option<ColumnId>,
     name: &str,
     formula: &str,
 ) -> Result<FormulaInfo> {
@@ -331,7 +332,7 @@ pub async fn analyze_formula(
 /// column): what one page of rows costs to plan and compute grows with it.
 fn check_panel_size(
     columns: &[repo::ColumnRef],
-    column_id: Option<i64>,
+    column_id: Option<ColumnId>,
     name: &str,
     checked: &crate::formula::Checked,
 ) -> Result<()> {
@@ -361,7 +362,7 @@ fn check_panel_size(
 /// counts as its inferred result type); `column_id` is the column being changed, if it exists.
 pub fn check_formula(
     columns: &[repo::ColumnRef],
-    column_id: Option<i64>,
+    column_id: Option<ColumnId>,
     formula: &str,
 ) -> Result<crate::formula::Checked> {
     let schema: crate::formula::Schema = columns
@@ -426,8 +427,8 @@ fn view_filters(value: &Value) -> Option<FilterGroup> {
 pub async fn update(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    column_id: i64,
+    panel_id: PanelId,
+    column_id: ColumnId,
     if_match: &IfMatch,
     req: UpdateColumnRequest,
 ) -> Result<(ColumnResponse, String)> {
@@ -579,13 +580,13 @@ pub async fn update(
 async fn carry_rename(
     tx: &mut Tx,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     old: &str,
     new: &str,
-    dependents: &[(i64, String)],
+    dependents: &[(ColumnId, String)],
 ) -> Result<()> {
     if !dependents.is_empty() {
-        let ids: HashSet<i64> = dependents.iter().map(|(id, _)| *id).collect();
+        let ids: HashSet<ColumnId> = dependents.iter().map(|(id, _)| *id).collect();
         let columns = repo::column_refs(tx, &principal.tenant, panel_id).await?;
         let rewritten: Vec<Value> = columns
             .iter()
@@ -606,7 +607,8 @@ async fn carry_rename(
     }
     repo::rename_sorts(tx, &principal.tenant, panel_id, old, new).await?;
     // The id never matches a view column here (-1): only the filters are of interest.
-    let views = repo::view_uses(tx, &principal.tenant, panel_id, -1, old).await?;
+    // No column has the id -1: only the views naming `old` are found.
+    let views = repo::view_uses(tx, &principal.tenant, panel_id, ColumnId(-1), old).await?;
     let filters: Vec<Value> = views
         .iter()
         .filter_map(|v| {
@@ -626,8 +628,8 @@ async fn carry_rename(
 pub async fn delete(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    column_id: i64,
+    panel_id: PanelId,
+    column_id: ColumnId,
     if_match: &IfMatch,
     force: bool,
 ) -> Result<()> {
@@ -719,21 +721,21 @@ pub async fn delete(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn reorder(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     req: ReorderColumnsRequest,
 ) -> Result<ColumnListResponse> {
     write::write(state, principal, |mut w| async move {
         authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
         repo::lock_panel(&mut w.tx, &principal.tenant, panel_id).await?;
-        let existing: HashSet<i64> = repo::column_ids(&mut w.tx, &principal.tenant, panel_id)
+        let existing: HashSet<ColumnId> = repo::column_ids(&mut w.tx, &principal.tenant, panel_id)
             .await?
             .into_iter()
             .collect();
-        let listed: HashSet<i64> = req.column_ids.iter().copied().collect();
+        let listed: HashSet<ColumnId> = req.column_ids.iter().copied().collect();
         if listed.len() != req.column_ids.len() {
             return Err(ApiError::invalid(
                 "columnIds",
@@ -741,8 +743,8 @@ pub async fn reorder(
             ));
         }
         if listed != existing {
-            let mut missing: Vec<i64> = existing.difference(&listed).copied().collect();
-            let mut unknown: Vec<i64> = listed.difference(&existing).copied().collect();
+            let mut missing: Vec<ColumnId> = existing.difference(&listed).copied().collect();
+            let mut unknown: Vec<ColumnId> = listed.difference(&existing).copied().collect();
             missing.sort_unstable();
             unknown.sort_unstable();
             let mut details = Vec::new();
@@ -789,7 +791,7 @@ mod tests {
         assert_eq!(
             f,
             ListFilter {
-                ids: Some(vec![1, 2, 3]),
+                ids: Some(vec![ColumnId(1), ColumnId(2), ColumnId(3)]),
                 tags: Some(vec!["a".into()])
             }
         );

@@ -13,6 +13,7 @@
 //! round-trips. Responses and change records never show either form: they show [`MASK`]. Server
 //! code that needs the real values (the sync) calls [`decrypt_config`].
 
+use crate::ids::DataSourceId;
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use anyhow::{Context, anyhow};
@@ -41,7 +42,7 @@ const NONCE_LEN: usize = 12;
 #[derive(Debug, Clone, Copy)]
 pub struct SecretScope<'a> {
     pub tenant: &'a str,
-    pub data_source_id: i64,
+    pub data_source_id: DataSourceId,
 }
 
 impl SecretScope<'_> {
@@ -552,7 +553,7 @@ mod tests {
 
     const SCOPE: SecretScope<'static> = SecretScope {
         tenant: "acme",
-        data_source_id: 7,
+        data_source_id: crate::ids::DataSourceId(7),
     };
 
     #[test]
@@ -629,7 +630,7 @@ mod tests {
         let sealed = encrypt_config(&crypto(), SCOPE, &json!({"password": "p", "token": "t"}))
             .expect("encrypt");
         let other_source = SecretScope {
-            data_source_id: 8,
+            data_source_id: crate::ids::DataSourceId(8),
             ..SCOPE
         };
         let other_tenant = SecretScope {

@@ -1,5 +1,6 @@
 //! Data-source shapes, as the existing client reads them, and the rules a config must follow.
 
+use crate::ids::{DataSourceId, PanelId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -11,8 +12,8 @@ use crate::error::FieldError;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DataSourceRow {
-    pub id: i64,
-    pub panel_id: i64,
+    pub id: DataSourceId,
+    pub panel_id: PanelId,
     #[sqlx(rename = "type")]
     pub kind: String,
     /// As stored: secrets encrypted.
@@ -48,7 +49,7 @@ impl SourceType {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataSourceResponse {
-    pub id: i64,
+    pub id: DataSourceId,
     #[serde(rename = "type")]
     #[schema(value_type = SourceType)]
     pub kind: String,
@@ -56,7 +57,7 @@ pub struct DataSourceResponse {
     #[schema(value_type = Object, example = json!({"connectionString": "********", "query": "select * from patients", "keyField": "id", "deletePolicy": "keep"}))]
     pub config: Value,
     pub last_sync: DateTime<Utc>,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

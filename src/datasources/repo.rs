@@ -1,6 +1,7 @@
 //! SQL of data sources. Every statement names the tenant and, for one source, its panel, so an id
 //! of another panel or tenant finds nothing.
 
+use crate::ids::{DataSourceId, PanelId};
 use serde_json::Value;
 use sqlx::PgConnection;
 
@@ -15,7 +16,7 @@ macro_rules! columns {
 }
 
 /// The id the next data source gets (its secrets are encrypted for it before the insert).
-pub async fn next_data_source_id(conn: &mut PgConnection) -> sqlx::Result<i64> {
+pub async fn next_data_source_id(conn: &mut PgConnection) -> sqlx::Result<DataSourceId> {
     sqlx::query_scalar("select nextval(pg_get_serial_sequence('data_source', 'id'))")
         .fetch_one(conn)
         .await
@@ -24,8 +25,8 @@ pub async fn next_data_source_id(conn: &mut PgConnection) -> sqlx::Result<i64> {
 pub async fn insert_data_source(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
-    panel_id: i64,
+    id: DataSourceId,
+    panel_id: PanelId,
     kind: &str,
     config: &Value,
 ) -> sqlx::Result<DataSourceRow> {
@@ -47,7 +48,7 @@ pub async fn insert_data_source(
 pub async fn list_data_sources(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     page: Page,
 ) -> sqlx::Result<Vec<DataSourceRow>> {
     sqlx::query_as(concat!(
@@ -67,8 +68,8 @@ pub async fn list_data_sources(
 pub async fn find_data_source(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     lock: bool,
 ) -> sqlx::Result<Option<DataSourceRow>> {
     let sql = if lock {
@@ -95,7 +96,7 @@ pub async fn find_data_source(
 pub async fn update_data_source(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: DataSourceId,
     kind: &str,
     config: &Value,
 ) -> sqlx::Result<DataSourceRow> {
@@ -115,7 +116,7 @@ pub async fn update_data_source(
 pub async fn touch_last_sync(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: DataSourceId,
 ) -> sqlx::Result<DataSourceRow> {
     sqlx::query_as(concat!(
         "update data_source d set last_sync = now() where d.tenant_id = $1 and d.id = $2 returning ",
@@ -132,7 +133,7 @@ pub async fn touch_last_sync(
 pub async fn delete_data_source(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: DataSourceId,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query("delete from data_source where tenant_id = $1 and id = $2")
         .bind(tenant.as_str())
@@ -146,7 +147,7 @@ pub async fn delete_data_source(
 pub async fn find_data_source_by_id(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: DataSourceId,
 ) -> sqlx::Result<Option<DataSourceRow>> {
     sqlx::query_as(concat!(
         "select ",
@@ -164,7 +165,7 @@ pub async fn find_data_source_by_id(
 pub async fn replace_config(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: DataSourceId,
     config: &Value,
 ) -> sqlx::Result<()> {
     sqlx::query("update data_source set config = $3 where tenant_id = $1 and id = $2")

@@ -17,6 +17,7 @@ use crate::error::{ErrorBody, Result};
 use crate::etag::{self, IfMatch};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::idempotency::{self, HashedJson, IdempotencyKey};
+use crate::ids::{DataSourceId, PanelId};
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};
 use crate::page::{self, PageParams};
 use crate::state::AppState;
@@ -62,7 +63,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn create_data_source(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     IdempotencyKey(key): IdempotencyKey,
     body: HashedJson<DataSourceRequest>,
 ) -> Result<Response> {
@@ -91,7 +92,7 @@ pub async fn create_data_source(
 pub async fn list_data_sources(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     Query(params): Query<PageParams>,
     uri: Uri,
 ) -> Result<impl IntoResponse> {
@@ -111,7 +112,7 @@ pub async fn list_data_sources(
 pub async fn get_data_source(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
 ) -> Result<impl IntoResponse> {
     let (source, tag) = service::get(&state, &principal, panel_id, id).await?;
     Ok((etag::header_map(&tag), Json(source)))
@@ -134,7 +135,7 @@ pub async fn get_data_source(
 pub async fn update_data_source(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
     if_match: IfMatch,
     ValidJson(req): ValidJson<DataSourceRequest>,
 ) -> Result<impl IntoResponse> {
@@ -157,7 +158,7 @@ pub async fn update_data_source(
 pub async fn delete_data_source(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
     if_match: IfMatch,
 ) -> Result<StatusCode> {
     service::delete(&state, &principal, panel_id, id, &if_match).await?;
@@ -182,7 +183,7 @@ pub async fn delete_data_source(
 pub async fn sync_data_source(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
     headers: HeaderMap,
 ) -> Result<Response> {
     let respond_async = headers
@@ -222,7 +223,7 @@ pub struct RunsQuery {
 pub async fn list_runs(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
     Query(query): Query<RunsQuery>,
 ) -> Result<Json<RunListResponse>> {
     let limit = query.limit.unwrap_or(20);
@@ -259,7 +260,7 @@ pub async fn list_runs(
 pub async fn upload_file(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<SyncResult>> {
@@ -308,7 +309,7 @@ pub async fn upload_file(
 pub async fn push_records(
     principal: Principal,
     State(state): State<AppState>,
-    Path((panel_id, id)): Path<(i64, i64)>,
+    Path((panel_id, id)): Path<(PanelId, DataSourceId)>,
     Json(req): Json<PushRequest>,
 ) -> Result<Json<PushResponse>> {
     sync::push(&state, &principal, panel_id, id, req)

@@ -2,6 +2,7 @@
 //! masked whenever they leave, the mask sent back on update keeping the stored secret, a change
 //! record (with masked values) for every add, change and removal — each request one transaction.
 
+use crate::ids::{DataSourceId, PanelId};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use tracing::instrument;
@@ -223,7 +224,7 @@ fn snapshot(row: &DataSourceRow) -> Value {
 
 async fn record(
     w: &mut Writer<'_>,
-    panel_id: i64,
+    panel_id: PanelId,
     description: &str,
     old: Option<Value>,
     new: Option<Value>,
@@ -245,8 +246,8 @@ async fn record(
 async fn find(
     tx: &mut Tx,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     lock: bool,
 ) -> Result<DataSourceRow> {
     repo::find_data_source(tx, &principal.tenant, panel_id, id, lock)
@@ -256,18 +257,18 @@ async fn find(
 
 /// The Idempotency-Key digest covers the panel too, so one key reused on another panel is a
 /// different request (422), not a replay of the first panel's source.
-fn scoped_digest(panel_id: i64, body_digest: &[u8]) -> Vec<u8> {
+fn scoped_digest(panel_id: PanelId, body_digest: &[u8]) -> Vec<u8> {
     let mut hasher = Sha256::new();
-    hasher.update(panel_id.to_be_bytes());
+    hasher.update(panel_id.0.to_be_bytes());
     hasher.update(body_digest);
     hasher.finalize().to_vec()
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn create(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     req: DataSourceRequest,
     idempotency_key: Option<&str>,
     digest: &[u8],
@@ -314,11 +315,11 @@ pub async fn create(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn list(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     page: Page,
 ) -> Result<(Vec<DataSourceResponse>, Option<String>)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
@@ -329,12 +330,12 @@ pub async fn list(
     Ok((rows.iter().map(DataSourceResponse::from).collect(), next))
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id, data_source_id = %id))]
 pub async fn get(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
 ) -> Result<(DataSourceResponse, String)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, panel_id, Access::Read).await?;
@@ -345,12 +346,12 @@ pub async fn get(
 
 /// Replaces type and config. A request that changes nothing writes nothing (no new version, no
 /// change record).
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id, data_source_id = %id))]
 pub async fn update(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     if_match: &IfMatch,
     req: DataSourceRequest,
 ) -> Result<(DataSourceResponse, String)> {
@@ -402,12 +403,12 @@ pub async fn update(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = panel_id, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id, data_source_id = %id))]
 pub async fn delete(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     if_match: &IfMatch,
 ) -> Result<()> {
     write::write(state, principal, |mut w| async move {
@@ -427,7 +428,7 @@ pub async fn delete(
 
 /// Re-encrypts one source's secrets under the current key, in its own transaction; false when
 /// they already were (`panels rotate-secrets`).
-pub async fn reseal(state: &AppState, tenant: &TenantId, id: i64) -> anyhow::Result<bool> {
+pub async fn reseal(state: &AppState, tenant: &TenantId, id: DataSourceId) -> anyhow::Result<bool> {
     let mut tx = state.db.begin(tenant).await?;
     let Some(row) = repo::find_data_source_by_id(&mut tx, tenant, id).await? else {
         return Ok(false);

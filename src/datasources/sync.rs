@@ -2,6 +2,7 @@
 //! through the durable queue (enqueue, then a worker runs it); a `file` source syncs when a file
 //! is uploaded to it; a `custom` source receives batches of records pushed by its client.
 
+use crate::ids::{DataSourceId, PanelId, RunId};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -35,7 +36,7 @@ pub const MAX_PUSH_RECORDS: usize = 10_000;
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunResponse {
-    pub id: i64,
+    pub id: RunId,
     /// queued | running | succeeded | failed (will retry) | dead (gave up)
     #[schema(example = "succeeded")]
     pub status: String,
@@ -84,7 +85,7 @@ pub struct RunListResponse {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncResult {
-    pub id: i64,
+    pub id: DataSourceId,
     #[serde(rename = "type")]
     pub kind: String,
     #[schema(value_type = Object)]
@@ -95,7 +96,7 @@ pub struct SyncResult {
     pub message: String,
     /// The run's status (see `run`).
     pub status: String,
-    pub run_id: i64,
+    pub run_id: RunId,
     /// Records read from the source (inserted + updated + unchanged).
     pub records_processed: i64,
     pub inserted: i64,
@@ -116,7 +117,7 @@ pub struct PushRequest {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PushResponse {
-    pub run_id: i64,
+    pub run_id: RunId,
     pub received: usize,
     pub inserted: u64,
     pub updated: u64,
@@ -148,8 +149,8 @@ fn system(tenant: &TenantId) -> Principal {
 async fn load(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
 ) -> Result<DataSourceRow> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, panel_id, Access::Build).await?;
@@ -162,12 +163,12 @@ async fn load(
 
 /// `POST .../sync`: enqueues a run (joining a live one) and waits for it up to the configured
 /// bound; `respond_async` answers at once. Answers the result and whether it finished.
-#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = %id))]
 pub async fn sync(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     respond_async: bool,
 ) -> Result<(SyncResult, bool)> {
     let source = load(state, principal, panel_id, id).await?;
@@ -240,7 +241,7 @@ fn result(source: &DataSourceRow, run: RunRow) -> SyncResult {
     }
 }
 
-async fn find_run(state: &AppState, tenant: &TenantId, id: i64) -> Result<RunRow> {
+async fn find_run(state: &AppState, tenant: &TenantId, id: RunId) -> Result<RunRow> {
     let mut tx = state.db.begin(tenant).await?;
     let run = runs::find(&mut tx, tenant, id)
         .await?
@@ -250,7 +251,7 @@ async fn find_run(state: &AppState, tenant: &TenantId, id: i64) -> Result<RunRow
 }
 
 /// Polls a run until it ends (or fails once) or the wait bound passes.
-async fn wait(state: &AppState, tenant: &TenantId, id: i64) -> Result<RunRow> {
+async fn wait(state: &AppState, tenant: &TenantId, id: RunId) -> Result<RunRow> {
     let deadline = Instant::now() + state.config.sync_wait;
     let mut pause = Duration::from_millis(20);
     loop {
@@ -265,12 +266,12 @@ async fn wait(state: &AppState, tenant: &TenantId, id: i64) -> Result<RunRow> {
     }
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = %id))]
 pub async fn list_runs(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     limit: i64,
 ) -> Result<RunListResponse> {
     let mut tx = state.db.begin(&principal.tenant).await?;
@@ -394,10 +395,10 @@ pub async fn execute(state: &AppState, tenant: &TenantId, worker: &str, claimed:
 async fn finish_run(
     state: &AppState,
     tenant: &TenantId,
-    run_id: i64,
+    run_id: RunId,
     worker: &str,
-    panel_id: i64,
-    data_source_id: i64,
+    panel_id: PanelId,
+    data_source_id: DataSourceId,
     sink: Sink,
     pulled: Result<(), SyncError>,
     delete_missing: bool,
@@ -475,10 +476,10 @@ async fn finish_run(
 /// running, its records written through its sink, ended by [`InRequest::finish`], or ended as
 /// dead at once should the request end first ([`Unfinished`]).
 struct InRequest {
-    run_id: i64,
+    run_id: RunId,
     tenant: TenantId,
-    panel_id: i64,
-    data_source_id: i64,
+    panel_id: PanelId,
+    data_source_id: DataSourceId,
     worker: &'static str,
     delete_missing: bool,
     sink: Sink,
@@ -490,8 +491,8 @@ impl InRequest {
     async fn start(
         state: &AppState,
         principal: &Principal,
-        panel_id: i64,
-        id: i64,
+        panel_id: PanelId,
+        id: DataSourceId,
         trigger: &'static str,
         common: &Common,
     ) -> Result<Self> {
@@ -528,7 +529,7 @@ impl InRequest {
         })
     }
 
-    fn id(&self) -> i64 {
+    fn id(&self) -> RunId {
         self.run_id
     }
 
@@ -562,13 +563,13 @@ impl InRequest {
 struct Unfinished {
     state: AppState,
     tenant: TenantId,
-    run_id: i64,
+    run_id: RunId,
     worker: &'static str,
     armed: bool,
 }
 
 impl Unfinished {
-    fn new(state: &AppState, tenant: &TenantId, run_id: i64, worker: &'static str) -> Self {
+    fn new(state: &AppState, tenant: &TenantId, run_id: RunId, worker: &'static str) -> Self {
         Self {
             state: state.clone(),
             tenant: tenant.clone(),
@@ -615,19 +616,19 @@ impl Drop for Unfinished {
             }
             .await;
             if let Err(err) = ended {
-                tracing::warn!(%err, run_id, "could not end an interrupted run");
+                tracing::warn!(%err, run_id = %run_id, "could not end an interrupted run");
             }
         });
     }
 }
 
 /// `POST .../upload`: reads the file from the request as it arrives and syncs it, in this request.
-#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = %id))]
 pub async fn upload<R: AsyncRead + Unpin + Send>(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     content_type: Option<&str>,
     body: R,
 ) -> Result<SyncResult> {
@@ -657,12 +658,12 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
 
 /// `POST .../records`: upserts a pushed batch into a custom source (no deletions: a push is
 /// never the whole source).
-#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = %id))]
 pub async fn push(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
-    id: i64,
+    panel_id: PanelId,
+    id: DataSourceId,
     req: PushRequest,
 ) -> Result<PushResponse> {
     if req.records.len() > MAX_PUSH_RECORDS {

@@ -10,6 +10,7 @@
 
 pub mod repo;
 
+use crate::ids::{DataSourceId, PanelId, RunId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,10 +44,10 @@ impl Wakeup {
 /// A run a worker holds the lease of.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Claimed {
-    pub id: i64,
+    pub id: RunId,
     pub tenant_id: String,
-    pub panel_id: i64,
-    pub data_source_id: i64,
+    pub panel_id: PanelId,
+    pub data_source_id: DataSourceId,
     pub attempts: i32,
     pub max_attempts: i32,
 }
@@ -98,7 +99,7 @@ async fn work(queue: Queue, handler: Handler, worker: String, stop: Cancellation
         let claimed = claim(&queue.db, &worker, queue.lease).await;
         match claimed {
             Ok(Some(run)) => {
-                let span = tracing::info_span!("sync", run_id = run.id, tenant = %run.tenant_id, data_source_id = run.data_source_id);
+                let span = tracing::info_span!("sync", run_id = %run.id, tenant = %run.tenant_id, data_source_id = %run.data_source_id);
                 let _ =
                     tracing::Instrument::instrument(process(&queue, &handler, &worker, run), span)
                         .await;

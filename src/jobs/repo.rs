@@ -1,5 +1,6 @@
 //! SQL of sync runs (inside a tenant transaction; claiming is in `claim_sync_run`).
 
+use crate::ids::{DataSourceId, PanelId, RunId};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -8,9 +9,9 @@ use crate::auth::TenantId;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunRow {
-    pub id: i64,
-    pub panel_id: i64,
-    pub data_source_id: i64,
+    pub id: RunId,
+    pub panel_id: PanelId,
+    pub data_source_id: DataSourceId,
     pub status: String,
     pub trigger: String,
     pub attempts: i32,
@@ -35,8 +36,8 @@ macro_rules! columns {
 pub async fn enqueue(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    data_source_id: i64,
+    panel_id: PanelId,
+    data_source_id: DataSourceId,
     trigger: &str,
 ) -> sqlx::Result<RunRow> {
     let inserted: Option<RunRow> = sqlx::query_as(concat!(
@@ -69,8 +70,8 @@ pub async fn enqueue(
 pub async fn insert_running(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
-    data_source_id: i64,
+    panel_id: PanelId,
+    data_source_id: DataSourceId,
     trigger: &str,
     worker: &str,
 ) -> sqlx::Result<RunRow> {
@@ -92,7 +93,7 @@ pub async fn insert_running(
 pub async fn find(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: RunId,
 ) -> sqlx::Result<Option<RunRow>> {
     sqlx::query_as(concat!(
         "select ",
@@ -108,7 +109,7 @@ pub async fn find(
 pub async fn list(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    data_source_id: i64,
+    data_source_id: DataSourceId,
     limit: i64,
 ) -> sqlx::Result<Vec<RunRow>> {
     sqlx::query_as(concat!(
@@ -138,7 +139,7 @@ pub struct Outcome<'a> {
 pub async fn finish(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: RunId,
     worker: &str,
     o: &Outcome<'_>,
 ) -> sqlx::Result<bool> {
@@ -185,7 +186,7 @@ pub async fn claim(
 pub async fn renew_lease(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: RunId,
     worker: &str,
     lease: std::time::Duration,
 ) -> sqlx::Result<()> {
@@ -214,9 +215,9 @@ pub async fn lock_scheduler(conn: &mut PgConnection) -> sqlx::Result<bool> {
 /// A data source with a schedule, of any tenant.
 #[derive(Debug, sqlx::FromRow)]
 pub struct ScheduledSource {
-    pub id: i64,
+    pub id: DataSourceId,
     pub tenant_id: String,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub schedule: Value,
     pub last_sync: DateTime<Utc>,
 }
@@ -231,8 +232,8 @@ pub async fn scheduled_sources(conn: &mut PgConnection) -> sqlx::Result<Vec<Sche
 pub async fn enqueue_scheduled(
     conn: &mut PgConnection,
     tenant: &str,
-    panel_id: i64,
-    data_source_id: i64,
+    panel_id: PanelId,
+    data_source_id: DataSourceId,
 ) -> sqlx::Result<()> {
     sqlx::query("select enqueue_scheduled_run($1, $2, $3)")
         .bind(tenant)

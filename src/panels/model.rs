@@ -7,10 +7,11 @@ use utoipa::ToSchema;
 use validator::Validate;
 
 use crate::filter::FilterGroup;
+use crate::ids::PanelId;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PanelRow {
-    pub id: i64,
+    pub id: PanelId,
     pub tenant_id: String,
     pub user_id: String,
     pub name: String,
@@ -25,7 +26,7 @@ pub struct PanelRow {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PanelResponse {
-    pub id: i64,
+    pub id: PanelId,
     #[schema(example = "Diabetes follow-up")]
     pub name: String,
     pub description: Option<String>,

@@ -1,5 +1,6 @@
 //! SQL of panels.
 
+use crate::ids::PanelId;
 use serde_json::{Map, Value};
 use sqlx::PgConnection;
 
@@ -47,7 +48,7 @@ struct Numbered {
 pub async fn find_panel_with_permission(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: PanelId,
     reader: Option<(&str, &str)>,
 ) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
     with_permission(
@@ -69,7 +70,7 @@ pub async fn find_panel_with_permission(
 pub async fn read_panel(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: PanelId,
     reader: Option<(&str, &str)>,
 ) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
     with_permission(
@@ -90,7 +91,7 @@ async fn with_permission(
     conn: &mut PgConnection,
     sql: &'static str,
     tenant: &TenantId,
-    id: i64,
+    id: PanelId,
     reader: Option<(&str, &str)>,
 ) -> sqlx::Result<Option<(PanelRow, Option<String>)>> {
     let (email, user) = reader.unzip();
@@ -146,7 +147,7 @@ pub async fn list_panels(
 pub async fn update_panel(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: PanelId,
     name: &str,
     description: Option<&str>,
     cohort_rule: &Value,
@@ -172,7 +173,7 @@ pub async fn update_panel(
 pub async fn delete_panel(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: PanelId,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query("delete from panel where tenant_id = $1 and id = $2")
         .bind(tenant.as_str())
@@ -186,7 +187,7 @@ pub async fn delete_panel(
 pub async fn column_types(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
 ) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as("select name, type from panel_column where tenant_id = $1 and panel_id = $2")
         .bind(tenant.as_str())

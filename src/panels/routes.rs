@@ -13,6 +13,7 @@ use crate::error::{ErrorBody, Result};
 use crate::etag::{self, IfMatch};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::idempotency::{self, HashedJson, IdempotencyKey};
+use crate::ids::PanelId;
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};
 use crate::page::{self, PageParams};
 use crate::state::AppState;
@@ -75,7 +76,7 @@ pub async fn list_panels(
 pub async fn get_panel(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<PanelId>,
 ) -> Result<impl IntoResponse> {
     Ok(service::get_cached(&state, &principal, id)
         .await?
@@ -96,7 +97,7 @@ pub async fn get_panel(
 pub async fn update_panel(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<PanelId>,
     if_match: IfMatch,
     ValidJson(req): ValidJson<UpdatePanelRequest>,
 ) -> Result<impl IntoResponse> {
@@ -117,7 +118,7 @@ pub async fn update_panel(
 pub async fn delete_panel(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<PanelId>,
     if_match: IfMatch,
 ) -> Result<StatusCode> {
     service::delete(&state, &principal, id, &if_match).await?;

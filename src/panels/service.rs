@@ -1,6 +1,7 @@
 //! Panel rules: who may see and change a panel, creation with its owner entry, updates with
 //! optimistic concurrency and change records, and the cascade on delete — each one transaction.
 
+use crate::ids::PanelId;
 use serde_json::{Map, Value};
 use tracing::instrument;
 
@@ -43,7 +44,7 @@ pub enum Access {
 pub async fn authorize(
     tx: &mut Tx,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     access: Access,
 ) -> Result<PanelRow> {
     let user = principal.user_id.to_lowercase();
@@ -94,7 +95,7 @@ fn check_access(
 async fn check_cohort(
     tx: &mut Tx,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     rule: &FilterGroup,
 ) -> Result<()> {
     let columns = repo::column_types(tx, &principal.tenant, panel_id).await?;
@@ -210,7 +211,7 @@ pub async fn list_cached(state: &AppState, principal: &Principal, page: Page) ->
 }
 
 /// [`get`] through the cache: per reader, at the panel's version. The meta is the `ETag`.
-pub async fn get_cached(state: &AppState, principal: &Principal, id: i64) -> Result<Cached> {
+pub async fn get_cached(state: &AppState, principal: &Principal, id: PanelId) -> Result<Cached> {
     let rest = format!("{id}:{}", cache::reader(principal));
     state
         .cache
@@ -227,11 +228,11 @@ pub async fn get_cached(state: &AppState, principal: &Principal, id: i64) -> Res
         .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %id))]
 pub async fn get(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: PanelId,
 ) -> Result<(PanelResponse, String)> {
     // One statement, one round trip: `read_panel` binds the tenant for its own transaction.
     let mut conn = state.db.acquire().await?;
@@ -244,11 +245,11 @@ pub async fn get(
     Ok((row.into(), tag))
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %id))]
 pub async fn update(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: PanelId,
     if_match: &IfMatch,
     req: UpdatePanelRequest,
 ) -> Result<(PanelResponse, String)> {
@@ -310,11 +311,11 @@ pub async fn update(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %id))]
 pub async fn delete(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: PanelId,
     if_match: &IfMatch,
 ) -> Result<()> {
     write::write(state, principal, |mut w| async move {

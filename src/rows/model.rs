@@ -1,5 +1,6 @@
 //! Row and formula-check shapes, and the column definitions rows are projected through.
 
+use crate::ids::{ColumnId, DataSourceId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -10,13 +11,13 @@ use crate::formula::ValueType;
 /// A column as the projection needs it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ColumnDef {
-    pub id: i64,
+    pub id: ColumnId,
     pub name: String,
     pub kind: String,
     #[sqlx(rename = "type")]
     pub column_type: String,
     pub source_field: Option<String>,
-    pub data_source_id: Option<i64>,
+    pub data_source_id: Option<DataSourceId>,
     pub formula: Option<String>,
     pub result_type: Option<String>,
 }
@@ -55,7 +56,7 @@ pub struct RowResponse {
     pub id: i64,
     /// The record's key in its source (`keyField`).
     pub key: String,
-    pub data_source_id: i64,
+    pub data_source_id: DataSourceId,
     /// Column name → value (null when absent, not coercible, or a formula failed for this row).
     #[schema(value_type = Object)]
     pub values: Value,

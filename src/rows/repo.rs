@@ -2,6 +2,7 @@
 //! record's JSONB and coerced to the column's type without ever raising) and every calculated
 //! column (its formula compiled to SQL, computed once per row), keyset-paginated on the row id.
 
+use crate::ids::{DataSourceId, PanelId};
 use std::collections::HashMap;
 
 use serde_json::Value;
@@ -16,7 +17,7 @@ use crate::page::Page;
 pub async fn columns(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
 ) -> sqlx::Result<Vec<ColumnDef>> {
     sqlx::query_as(
         "select id, name, kind, type, source_field, data_source_id, formula, result_type from panel_column
@@ -32,9 +33,9 @@ pub async fn columns(
 pub async fn sample(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     limit: i64,
-) -> sqlx::Result<Vec<(i64, String, i64, Value)>> {
+) -> sqlx::Result<Vec<(i64, String, DataSourceId, Value)>> {
     sqlx::query_as(
         "select id, record_key, data_source_id, data from panel_row where tenant_id = $1 and panel_id = $2 order by id limit $3",
     )
@@ -161,7 +162,7 @@ fn dependency_order<'a>(
 /// where `bad[i]` is 1 when base column `i` had a value that did not fit its type.
 pub fn page_query(
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     page: Page,
     columns: &[ColumnDef],
     checked: &HashMap<String, Checked>,
@@ -297,7 +298,7 @@ pub fn compiled_size(columns: &[ColumnDef], checked: &HashMap<String, Checked>) 
 pub struct PageRow {
     pub id: i64,
     pub record_key: String,
-    pub data_source_id: i64,
+    pub data_source_id: DataSourceId,
     pub values: Value,
     pub bad: Vec<i32>,
 }

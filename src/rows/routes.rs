@@ -11,6 +11,7 @@ use super::service;
 use crate::auth::Principal;
 use crate::error::{ErrorBody, Result};
 use crate::extract::{Json, Path, Query, ValidJson};
+use crate::ids::PanelId;
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};
 use crate::page::{self, PageParams};
 use crate::state::AppState;
@@ -34,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn list_rows(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     Query(params): Query<PageParams>,
     uri: Uri,
 ) -> Result<impl IntoResponse> {
@@ -59,7 +60,7 @@ pub async fn list_rows(
 pub async fn check_formula(
     principal: Principal,
     State(state): State<AppState>,
-    Path(panel_id): Path<i64>,
+    Path(panel_id): Path<PanelId>,
     ValidJson(req): ValidJson<FormulaCheckRequest>,
 ) -> Result<Json<FormulaCheckResponse>> {
     service::check(&state, &principal, panel_id, req)

@@ -1,5 +1,6 @@
 //! Rows of a panel, and the formula check (a dry run on sample rows).
 
+use crate::ids::{DataSourceId, PanelId};
 use std::collections::HashMap;
 
 use chrono::Utc;
@@ -49,11 +50,11 @@ fn check_all(columns: &[ColumnDef]) -> (HashMap<String, Checked>, Vec<RowWarning
     (checked, warnings)
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn list(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     page: Page,
 ) -> Result<RowPage> {
     let mut tx = state.db.begin(&principal.tenant).await?;
@@ -108,7 +109,7 @@ pub async fn list(
 /// to each other costs their sum, not a product (`c2 = CONCAT(c1, c1)` evaluates `c1` once).
 struct RecordRow<'a> {
     data: &'a Value,
-    data_source_id: i64,
+    data_source_id: DataSourceId,
     columns: &'a HashMap<&'a str, &'a ColumnDef>,
     checked: &'a HashMap<String, Checked>,
     now: chrono::DateTime<Utc>,
@@ -150,11 +151,11 @@ impl formula::Row for RecordRow<'_> {
     }
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %panel_id))]
 pub async fn check(
     state: &AppState,
     principal: &Principal,
-    panel_id: i64,
+    panel_id: PanelId,
     req: FormulaCheckRequest,
 ) -> Result<FormulaCheckResponse> {
     let mut tx = state.db.begin(&principal.tenant).await?;

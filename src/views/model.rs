@@ -1,6 +1,7 @@
 //! View shapes, as the existing client reads them, and the request bodies of the view endpoints
 //! (including the older client's flat filter list).
 
+use crate::ids::{PanelId, ViewId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -16,9 +17,9 @@ pub const MAX_SORTS: usize = 100;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ViewRow {
-    pub id: i64,
+    pub id: ViewId,
     pub tenant_id: String,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     pub name: String,
     pub owner_user_id: String,
     pub owner_email: String,
@@ -60,7 +61,7 @@ pub struct ListedViewRow {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SortRow {
     pub id: i64,
-    pub view_id: i64,
+    pub view_id: ViewId,
     pub column_name: String,
     pub direction: String,
     pub order: i32,
@@ -112,8 +113,8 @@ impl From<SortRow> for ViewSort {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ViewResponse {
-    pub id: i64,
-    pub panel_id: i64,
+    pub id: ViewId,
+    pub panel_id: PanelId,
     #[schema(example = "My open cases")]
     pub name: String,
     /// The creator (the token's subject).
@@ -182,7 +183,7 @@ pub struct CreateViewRequest {
     #[validate(length(min = 1, max = 255))]
     #[schema(min_length = 1, max_length = 255, example = "My open cases")]
     pub name: String,
-    pub panel_id: i64,
+    pub panel_id: PanelId,
     /// Ids of the panel's columns, as strings (numbers are accepted too). Defaults to none.
     #[serde(default)]
     #[validate(length(max = 1000))]
@@ -216,7 +217,7 @@ pub struct UpdateViewRequest {
 #[into_params(parameter_in = Query)]
 pub struct ViewListQuery {
     /// Only the views of this panel.
-    pub panel_id: Option<i64>,
+    pub panel_id: Option<PanelId>,
     /// `true`: only published views; `false`: only unpublished ones.
     pub published: Option<bool>,
     /// Page size (1–1000, default 100).

@@ -1,5 +1,6 @@
 //! SQL of views and their sorts.
 
+use crate::ids::{ColumnId, PanelId, ViewId};
 use serde_json::Value;
 use sqlx::PgConnection;
 
@@ -36,7 +37,7 @@ macro_rules! listed {
 /// What a list is narrowed by.
 #[derive(Debug, Clone, Copy)]
 pub struct ViewFilter<'a> {
-    pub panel_id: Option<i64>,
+    pub panel_id: Option<PanelId>,
     pub published: Option<bool>,
     /// `(e-mail, lower-cased subject)` of a non-admin reader.
     pub reader: Option<(&'a str, &'a str)>,
@@ -46,7 +47,7 @@ pub struct ViewFilter<'a> {
 pub async fn insert_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
     name: &str,
     owner_user_id: &str,
     owner_email: &str,
@@ -72,7 +73,7 @@ pub async fn insert_view(
 pub async fn find_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
 ) -> sqlx::Result<Option<ViewRow>> {
     sqlx::query_as(concat!(
         "select ",
@@ -90,7 +91,7 @@ pub async fn find_view(
 pub async fn lock_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
 ) -> sqlx::Result<Option<ViewRow>> {
     sqlx::query_as(concat!(
         "select ",
@@ -150,7 +151,7 @@ pub async fn count_views(
 pub async fn update_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
     name: &str,
     visible_columns: &Value,
     metadata: Option<&Value>,
@@ -172,7 +173,7 @@ pub async fn update_view(
 pub async fn update_filters(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
     filters: &Value,
 ) -> sqlx::Result<ViewRow> {
     sqlx::query_as(concat!(
@@ -190,7 +191,7 @@ pub async fn update_filters(
 pub async fn set_published(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
     published: bool,
     by: &str,
 ) -> sqlx::Result<ViewRow> {
@@ -213,7 +214,7 @@ pub async fn set_published(
 pub async fn touch_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
 ) -> sqlx::Result<ViewRow> {
     sqlx::query_as(concat!(
         "update view v set version = v.version where v.tenant_id = $1 and v.id = $2 returning ",
@@ -230,7 +231,7 @@ pub async fn touch_view(
 pub async fn delete_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    id: i64,
+    id: ViewId,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query("delete from view where tenant_id = $1 and id = $2")
         .bind(tenant.as_str())
@@ -244,7 +245,7 @@ pub async fn delete_view(
 pub async fn sorts_of(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    view_ids: &[i64],
+    view_ids: &[ViewId],
 ) -> sqlx::Result<Vec<SortRow>> {
     sqlx::query_as(
         r#"select id, view_id, column_name, direction, "order" from view_sort
@@ -259,7 +260,7 @@ pub async fn sorts_of(
 pub async fn delete_sorts(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    view_id: i64,
+    view_id: ViewId,
 ) -> sqlx::Result<u64> {
     sqlx::query("delete from view_sort where tenant_id = $1 and view_id = $2")
         .bind(tenant.as_str())
@@ -273,7 +274,7 @@ pub async fn delete_sorts(
 pub async fn insert_sorts(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    view_id: i64,
+    view_id: ViewId,
     column_names: &[String],
     directions: &[String],
     orders: &[i32],
@@ -298,7 +299,7 @@ pub async fn insert_sorts(
 /// filters).
 #[derive(Debug, sqlx::FromRow)]
 pub struct PanelColumn {
-    pub id: i64,
+    pub id: ColumnId,
     pub name: String,
     #[sqlx(rename = "type")]
     pub column_type: String,
@@ -307,7 +308,7 @@ pub struct PanelColumn {
 pub async fn panel_columns(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    panel_id: i64,
+    panel_id: PanelId,
 ) -> sqlx::Result<Vec<PanelColumn>> {
     sqlx::query_as("select id, name, type from panel_column where tenant_id = $1 and panel_id = $2")
         .bind(tenant.as_str())

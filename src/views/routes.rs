@@ -13,6 +13,7 @@ use crate::error::{ErrorBody, Result};
 use crate::etag::{self, IfMatch};
 use crate::extract::{Json, Path, Query, ValidJson};
 use crate::idempotency::{self, HashedJson, IdempotencyKey};
+use crate::ids::ViewId;
 use crate::openapi::{AuthErrors, BodyErrors, ServerErrors};
 use crate::page;
 use crate::state::AppState;
@@ -81,7 +82,7 @@ pub async fn list_views(
 pub async fn get_view(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
 ) -> Result<impl IntoResponse> {
     Ok(service::get_cached(&state, &principal, id)
         .await?
@@ -102,7 +103,7 @@ pub async fn get_view(
 pub async fn update_view(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
     if_match: IfMatch,
     ValidJson(req): ValidJson<UpdateViewRequest>,
 ) -> Result<impl IntoResponse> {
@@ -123,7 +124,7 @@ pub async fn update_view(
 pub async fn delete_view(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
     if_match: IfMatch,
 ) -> Result<StatusCode> {
     service::delete(&state, &principal, id, &if_match).await?;
@@ -141,7 +142,7 @@ pub async fn delete_view(
 pub async fn list_view_sorts(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
 ) -> Result<Json<SortsResponse>> {
     Ok(Json(service::sorts(&state, &principal, id).await?))
 }
@@ -161,7 +162,7 @@ pub async fn list_view_sorts(
 pub async fn replace_view_sorts(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
     if_match: IfMatch,
     ValidJson(req): ValidJson<ReplaceSortsRequest>,
 ) -> Result<impl IntoResponse> {
@@ -180,7 +181,7 @@ pub async fn replace_view_sorts(
 pub async fn get_view_filters(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
 ) -> Result<crate::cache::JsonBytes> {
     Ok(service::filters_cached(&state, &principal, id)
         .await?
@@ -202,7 +203,7 @@ pub async fn get_view_filters(
 pub async fn replace_view_filters(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
     if_match: IfMatch,
     Json(req): Json<ReplaceFiltersRequest>,
 ) -> Result<impl IntoResponse> {
@@ -223,7 +224,7 @@ pub async fn replace_view_filters(
 pub async fn publish_view(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
 ) -> Result<impl IntoResponse> {
     let (view, tag) = service::set_published(&state, &principal, id, true).await?;
     Ok((etag::header_map(&tag), Json(view)))
@@ -241,7 +242,7 @@ pub async fn publish_view(
 pub async fn unpublish_view(
     principal: Principal,
     State(state): State<AppState>,
-    Path(id): Path<i64>,
+    Path(id): Path<ViewId>,
 ) -> Result<impl IntoResponse> {
     let (view, tag) = service::set_published(&state, &principal, id, false).await?;
     Ok((etag::header_map(&tag), Json(view)))

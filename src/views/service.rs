@@ -19,6 +19,7 @@ use crate::error::{ApiError, FieldError, Result, to_json};
 use crate::etag::{IfMatch, etag};
 use crate::filter::{FieldKind, FilterGroup, legacy};
 use crate::idempotency::Outcome;
+use crate::ids::{PanelId, ViewId};
 use crate::page::{self, Page};
 use crate::panels::{self, Access};
 use crate::state::AppState;
@@ -38,7 +39,7 @@ fn view_etag(row: &ViewRow) -> String {
 async fn authorize(
     tx: &mut Tx,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
     needed: Permission,
 ) -> Result<ViewRow> {
     let view = if needed == Permission::Viewer {
@@ -47,7 +48,7 @@ async fn authorize(
         repo::lock_view(tx, &principal.tenant, id).await?
     };
     let view = view.ok_or_else(not_found)?;
-    let mut held = acl::permission(tx, principal, ResourceType::View, id).await?;
+    let mut held = acl::permission(tx, principal, ResourceType::View, id.0).await?;
     if held.is_none() && view.is_published {
         held = Some(Permission::Viewer);
     }
@@ -58,7 +59,7 @@ async fn authorize(
 /// Checks `visibleColumns` against the panel's columns; answers the ids as strings, first
 /// occurrence kept when an id repeats.
 fn check_visible_columns(requested: &[Value], columns: &[PanelColumn]) -> Result<Vec<String>> {
-    let known: BTreeSet<i64> = columns.iter().map(|c| c.id).collect();
+    let known: BTreeSet<i64> = columns.iter().map(|c| c.id.0).collect();
     let mut ids = Vec::with_capacity(requested.len());
     let mut unknown = Vec::new();
     let mut malformed = Vec::new();
@@ -105,7 +106,7 @@ fn check_name(raw: &str) -> Result<String> {
     Ok(name.to_owned())
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = req.panel_id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, panel_id = %req.panel_id))]
 pub async fn create(
     state: &AppState,
     principal: &Principal,
@@ -136,7 +137,7 @@ pub async fn create(
             &mut w.tx,
             &principal.tenant,
             ResourceType::View,
-            row.id,
+            row.id.0,
             &owner,
             Permission::Owner.as_str(),
         )
@@ -171,7 +172,7 @@ pub async fn list(
         None => repo::count_views(&mut tx, &principal.tenant, filter).await?,
     };
     let (rows, next) = page::split(rows, page, |r| r.view.id);
-    let ids: Vec<i64> = rows.iter().map(|r| r.view.id).collect();
+    let ids: Vec<ViewId> = rows.iter().map(|r| r.view.id).collect();
     let sorts = if ids.is_empty() {
         Vec::new()
     } else {
@@ -179,7 +180,7 @@ pub async fn list(
     };
     crate::db::end_read(tx);
 
-    let mut by_view: HashMap<i64, Vec<SortRow>> = HashMap::new();
+    let mut by_view: HashMap<ViewId, Vec<SortRow>> = HashMap::new();
     for sort in sorts {
         by_view.entry(sort.view_id).or_default().push(sort);
     }
@@ -200,12 +201,12 @@ async fn read_view_cached<F, Fut>(
     state: &AppState,
     principal: &Principal,
     cache_name: &'static str,
-    id: i64,
+    id: ViewId,
     load: F,
 ) -> Result<Cached>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(Cached, i64)>>,
+    Fut: Future<Output = Result<(Cached, PanelId)>>,
 {
     let Some(panel_id) = state.cache.view_panel(&principal.tenant, id) else {
         let (value, panel_id) = load().await?;
@@ -225,7 +226,7 @@ where
 }
 
 /// [`get`] through the cache; the meta is the `ETag`.
-pub async fn get_cached(state: &AppState, principal: &Principal, id: i64) -> Result<Cached> {
+pub async fn get_cached(state: &AppState, principal: &Principal, id: ViewId) -> Result<Cached> {
     read_view_cached(state, principal, "view", id, || async {
         let (view, tag) = get(state, principal, id).await?;
         Ok((Cached::new(&view, tag)?, view.panel_id))
@@ -234,7 +235,7 @@ pub async fn get_cached(state: &AppState, principal: &Principal, id: i64) -> Res
 }
 
 /// [`filters`] through the cache.
-pub async fn filters_cached(state: &AppState, principal: &Principal, id: i64) -> Result<Cached> {
+pub async fn filters_cached(state: &AppState, principal: &Principal, id: ViewId) -> Result<Cached> {
     read_view_cached(state, principal, "view_filters", id, || async {
         let (filters, panel_id) = filters_of(state, principal, id).await?;
         Ok((Cached::new(&filters, "")?, panel_id))
@@ -242,11 +243,11 @@ pub async fn filters_cached(state: &AppState, principal: &Principal, id: i64) ->
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
 pub async fn get(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
 ) -> Result<(ViewResponse, String)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     let row = authorize(&mut tx, principal, id, Permission::Viewer).await?;
@@ -256,11 +257,11 @@ pub async fn get(
     Ok((ViewResponse::new(row, sorts), tag))
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
 pub async fn update(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
     if_match: &IfMatch,
     req: UpdateViewRequest,
 ) -> Result<(ViewResponse, String)> {
@@ -307,11 +308,11 @@ pub async fn update(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
 pub async fn delete(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
     if_match: &IfMatch,
 ) -> Result<()> {
     write::write(state, principal, |mut w| async move {
@@ -326,8 +327,8 @@ pub async fn delete(
     .await
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
-pub async fn sorts(state: &AppState, principal: &Principal, id: i64) -> Result<SortsResponse> {
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
+pub async fn sorts(state: &AppState, principal: &Principal, id: ViewId) -> Result<SortsResponse> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     authorize(&mut tx, principal, id, Permission::Viewer).await?;
     let rows = repo::sorts_of(&mut tx, &principal.tenant, &[id]).await?;
@@ -339,11 +340,11 @@ pub async fn sorts(state: &AppState, principal: &Principal, id: i64) -> Result<S
 
 /// Replaces the view's sorts: all validated first, then one delete and one insert, in the
 /// transaction that also bumps the view's version — a rejected list leaves the old sorts.
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
 pub async fn replace_sorts(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
     if_match: &IfMatch,
     req: ReplaceSortsRequest,
 ) -> Result<(SortsResponse, String)> {
@@ -412,8 +413,12 @@ fn filters_response(tree: FilterGroup) -> FiltersResponse {
     }
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
-pub async fn filters(state: &AppState, principal: &Principal, id: i64) -> Result<FiltersResponse> {
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
+pub async fn filters(
+    state: &AppState,
+    principal: &Principal,
+    id: ViewId,
+) -> Result<FiltersResponse> {
     Ok(filters_of(state, principal, id).await?.0)
 }
 
@@ -421,8 +426,8 @@ pub async fn filters(state: &AppState, principal: &Principal, id: i64) -> Result
 async fn filters_of(
     state: &AppState,
     principal: &Principal,
-    id: i64,
-) -> Result<(FiltersResponse, i64)> {
+    id: ViewId,
+) -> Result<(FiltersResponse, PanelId)> {
     let mut tx = state.db.begin(&principal.tenant).await?;
     let row = authorize(&mut tx, principal, id, Permission::Viewer).await?;
     crate::db::end_read(tx);
@@ -430,11 +435,11 @@ async fn filters_of(
     Ok((filters_response(row.filter_tree()), panel_id))
 }
 
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id))]
 pub async fn replace_filters(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
     if_match: &IfMatch,
     req: ReplaceFiltersRequest,
 ) -> Result<(FiltersResponse, String)> {
@@ -467,11 +472,11 @@ pub async fn replace_filters(
 
 /// Publishes or unpublishes a view (editor on the view and the builder role, or admin) and
 /// records it as a change of the panel. Setting the state it already has changes nothing.
-#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = id, publish))]
+#[instrument(skip_all, fields(tenant = %principal.tenant, view_id = %id, publish))]
 pub async fn set_published(
     state: &AppState,
     principal: &Principal,
-    id: i64,
+    id: ViewId,
     publish: bool,
 ) -> Result<(ViewResponse, String)> {
     write::write(state, principal, |mut w| async move {
@@ -535,17 +540,18 @@ pub async fn set_published(
 mod tests {
     use super::*;
     use crate::filter::Logic;
+    use crate::ids::ColumnId;
     use serde_json::json;
 
     fn columns() -> Vec<PanelColumn> {
         vec![
             PanelColumn {
-                id: 3,
+                id: ColumnId(3),
                 name: "age".into(),
                 column_type: "number".into(),
             },
             PanelColumn {
-                id: 7,
+                id: ColumnId(7),
                 name: "name".into(),
                 column_type: "text".into(),
             },

@@ -656,13 +656,22 @@ async fn a_fill_that_raced_a_write_is_never_read_by_any_instance() {
     let raced = a
         .state
         .cache
-        .read_through("panel", &tenant, Depends::Panel(7), "7:r", || async {
-            b.state
-                .cache
-                .committed(&tenant, Change::panel("panel.updated", 7))
-                .await;
-            value("before the write")
-        })
+        .read_through(
+            "panel",
+            &tenant,
+            Depends::Panel(panels::ids::PanelId(7)),
+            "7:r",
+            || async {
+                b.state
+                    .cache
+                    .committed(
+                        &tenant,
+                        Change::panel("panel.updated", panels::ids::PanelId(7)),
+                    )
+                    .await;
+                value("before the write")
+            },
+        )
         .await
         .expect("read");
     assert_eq!(&raced.body[..], br#"{"name":"before the write"}"#);
@@ -672,9 +681,13 @@ async fn a_fill_that_raced_a_write_is_never_read_by_any_instance() {
         let next = app
             .state
             .cache
-            .read_through("panel", &tenant, Depends::Panel(7), "7:r", || async {
-                value("after the write")
-            })
+            .read_through(
+                "panel",
+                &tenant,
+                Depends::Panel(panels::ids::PanelId(7)),
+                "7:r",
+                || async { value("after the write") },
+            )
             .await
             .expect("read");
         assert_eq!(&next.body[..], br#"{"name":"after the write"}"#);

@@ -67,7 +67,7 @@ async fn changes(app: &TestApp, token: &str, panel: i64) -> Vec<Value> {
 fn scope(id: i64) -> SecretScope<'static> {
     SecretScope {
         tenant: TENANT,
-        data_source_id: id,
+        data_source_id: panels::ids::DataSourceId(id),
     }
 }
 

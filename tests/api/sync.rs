@@ -395,7 +395,7 @@ async fn store_config(g: &Given, ds: i64, config: Value) {
         &g.app.state.crypto,
         panels::datasources::crypto::SecretScope {
             tenant: "sync",
-            data_source_id: ds,
+            data_source_id: panels::ids::DataSourceId(ds),
         },
         &config,
     )

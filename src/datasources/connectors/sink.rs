@@ -2,6 +2,7 @@
 //! statement per batch, never one per row), unchanged rows told apart by hash, per-row problems
 //! recorded with their line.
 
+use crate::ids::{DataSourceId, PanelId, RunId};
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
@@ -37,9 +38,9 @@ pub struct SinkCounts {
 pub struct Sink {
     db: Db,
     tenant: TenantId,
-    panel_id: i64,
-    data_source_id: i64,
-    run_id: i64,
+    panel_id: PanelId,
+    data_source_id: DataSourceId,
+    run_id: RunId,
     key_field: String,
     stop_on_error: bool,
     /// key → (data, hash) in source order (row ids follow it); a key seen twice in a batch keeps
@@ -54,9 +55,9 @@ impl Sink {
     pub fn new(
         db: Db,
         tenant: TenantId,
-        panel_id: i64,
-        data_source_id: i64,
-        run_id: i64,
+        panel_id: PanelId,
+        data_source_id: DataSourceId,
+        run_id: RunId,
         key_field: String,
         stop_on_error: bool,
     ) -> Self {
