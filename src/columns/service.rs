@@ -212,7 +212,6 @@ pub async fn create_base(
         )
         .await?;
         let response = finish_create(&mut w, row).await?;
-        w.changed(Change::panel("column.created", panel_id));
         Ok((w, response))
     })
     .await
@@ -262,14 +261,14 @@ pub async fn create_calculated(
         )
         .await?;
         let response = finish_create(&mut w, row).await?;
-        w.changed(Change::panel("column.created", panel_id));
         Ok((w, response))
     })
     .await
 }
 
-/// Records the addition, in the create's transaction.
+/// Records the addition in the create's transaction, and names it for readers.
 async fn finish_create(w: &mut Writer<'_>, row: ColumnRow) -> Result<ColumnResponse> {
+    w.changed(Change::panel("column.created", row.panel_id));
     let (id, panel_id, name) = (row.id, row.panel_id, row.name.clone());
     let response = ColumnResponse::from(row);
     let body = to_json(&response)?;

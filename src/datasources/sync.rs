@@ -622,6 +622,35 @@ impl Drop for Unfinished {
     }
 }
 
+/// The decrypted config of a source the caller may build on, which must be of `kind` (409
+/// otherwise: only file sources take uploads, only custom sources take pushes).
+async fn load_config(
+    state: &AppState,
+    principal: &Principal,
+    panel_id: PanelId,
+    id: DataSourceId,
+    kind: &str,
+) -> Result<(Value, Common)> {
+    let source = load(state, principal, panel_id, id).await?;
+    if source.kind != kind {
+        return Err(if kind == "file" {
+            ApiError::conflict("NOT_A_FILE_SOURCE", "Only file sources take uploads")
+        } else {
+            ApiError::conflict(
+                "NOT_A_CUSTOM_SOURCE",
+                "Only custom sources take pushed records",
+            )
+        });
+    }
+    let config = decrypt_config(
+        &state.crypto,
+        scope_of(&principal.tenant, &source),
+        &source.config,
+    )?;
+    let common = Common::from_config(&config);
+    Ok((config, common))
+}
+
 /// `POST .../upload`: reads the file from the request as it arrives and syncs it, in this request.
 #[instrument(skip_all, fields(tenant = %principal.tenant, data_source_id = %id))]
 pub async fn upload<R: AsyncRead + Unpin + Send>(
@@ -632,19 +661,7 @@ pub async fn upload<R: AsyncRead + Unpin + Send>(
     content_type: Option<&str>,
     body: R,
 ) -> Result<SyncResult> {
-    let source = load(state, principal, panel_id, id).await?;
-    if source.kind != "file" {
-        return Err(ApiError::conflict(
-            "NOT_A_FILE_SOURCE",
-            "Only file sources take uploads",
-        ));
-    }
-    let config = decrypt_config(
-        &state.crypto,
-        scope_of(&principal.tenant, &source),
-        &source.config,
-    )?;
-    let common = Common::from_config(&config);
+    let (config, common) = load_config(state, principal, panel_id, id, "file").await?;
     let connector = FileConnector::from_config(&config, content_type, body)
         .map_err(|e| ApiError::bad_request("INVALID_SOURCE_CONFIG", e.to_string()))?;
     let mut run = InRequest::start(state, principal, panel_id, id, "upload", &common).await?;
@@ -672,19 +689,7 @@ pub async fn push(
             format!("at most {MAX_PUSH_RECORDS} records per request"),
         ));
     }
-    let source = load(state, principal, panel_id, id).await?;
-    if source.kind != "custom" {
-        return Err(ApiError::conflict(
-            "NOT_A_CUSTOM_SOURCE",
-            "Only custom sources take pushed records",
-        ));
-    }
-    let config = decrypt_config(
-        &state.crypto,
-        scope_of(&principal.tenant, &source),
-        &source.config,
-    )?;
-    let common = Common::from_config(&config);
+    let (_, common) = load_config(state, principal, panel_id, id, "custom").await?;
     let mut run = InRequest::start(state, principal, panel_id, id, "push", &common).await?;
     let run_id = run.id();
     let received = req.records.len();

@@ -267,33 +267,6 @@ pub fn page_query(
     (sql, args)
 }
 
-/// What the panel's calculated columns compile to, in bytes of SQL, each compiled once as the
-/// rows query does: the measure of [`formula::MAX_PANEL_FORMULA_SQL`].
-pub fn compiled_size(columns: &[ColumnDef], checked: &HashMap<String, Checked>) -> usize {
-    let base: Vec<&ColumnDef> = columns.iter().filter(|c| c.kind == "base").collect();
-    let order = dependency_order(columns, checked);
-    let projection = Projection {
-        base: base
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_str(), i))
-            .collect(),
-        calculated: order
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.name.as_str(), (i, checked[&c.name].result_type)))
-            .collect(),
-    };
-    order
-        .iter()
-        .map(|column| {
-            let mut piece = SqlBuilder::new(1);
-            formula::compile_sql(&checked[&column.name], &projection, &mut piece);
-            piece.sql.len()
-        })
-        .sum()
-}
-
 #[derive(Debug, sqlx::FromRow)]
 pub struct PageRow {
     pub id: i64,

@@ -70,38 +70,29 @@ pub async fn insert_view(
     .await
 }
 
+/// A view; with `lock`, locked until the transaction ends, so that a version checked against
+/// `If-Match` is still the version written over.
 pub async fn find_view(
     conn: &mut PgConnection,
     tenant: &TenantId,
     id: ViewId,
+    lock: bool,
 ) -> sqlx::Result<Option<ViewRow>> {
-    sqlx::query_as(concat!(
+    const FIND: &str = concat!(
         "select ",
         columns!(),
         " from view v where v.tenant_id = $1 and v.id = $2"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
-    .fetch_optional(conn)
-    .await
-}
-
-/// The view, locked until the transaction ends, so that a version checked against `If-Match`
-/// is still the version written over.
-pub async fn lock_view(
-    conn: &mut PgConnection,
-    tenant: &TenantId,
-    id: ViewId,
-) -> sqlx::Result<Option<ViewRow>> {
-    sqlx::query_as(concat!(
+    );
+    const LOCK: &str = concat!(
         "select ",
         columns!(),
         " from view v where v.tenant_id = $1 and v.id = $2 for update"
-    ))
-    .bind(tenant.as_str())
-    .bind(id)
-    .fetch_optional(conn)
-    .await
+    );
+    sqlx::query_as(if lock { LOCK } else { FIND })
+        .bind(tenant.as_str())
+        .bind(id)
+        .fetch_optional(conn)
+        .await
 }
 
 /// A page of matching views, newest id first (keyset on id: rows below `page.after`), each with

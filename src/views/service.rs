@@ -42,11 +42,7 @@ async fn authorize(
     id: ViewId,
     needed: Permission,
 ) -> Result<ViewRow> {
-    let view = if needed == Permission::Viewer {
-        repo::find_view(tx, &principal.tenant, id).await?
-    } else {
-        repo::lock_view(tx, &principal.tenant, id).await?
-    };
+    let view = repo::find_view(tx, &principal.tenant, id, needed > Permission::Viewer).await?;
     let view = view.ok_or_else(not_found)?;
     let mut held = acl::permission(tx, principal, ResourceType::View, id.0).await?;
     if held.is_none() && view.is_published {
