@@ -143,17 +143,6 @@ fn admin() -> String {
     token_for(TENANT, "admin@cache.example", Role::Admin)
 }
 
-async fn create_panel(app: &TestApp, token: &str, name: &str) -> i64 {
-    let res = app
-        .post("/api/panels")
-        .bearer(token)
-        .json(&json!({ "name": name }))
-        .send()
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.body["id"].as_i64().expect("panel id")
-}
-
 async fn rename(app: &TestApp, token: &str, id: i64, name: &str) {
     let res = app
         .put(&format!("/api/panels/{id}"))
@@ -199,7 +188,7 @@ async fn two_instances(vars: &[(&str, &str)]) -> (TestApp, TestApp) {
 async fn a_write_through_one_instance_is_read_at_once_through_the_other() {
     let (a, b) = two_instances(&[]).await;
     let token = admin();
-    let id = create_panel(&a, &token, "Before").await;
+    let id = a.create_panel(&token, "Before").await;
 
     // Both instances cache the panel and the list (the second read is a hit).
     for app in [&a, &b] {
@@ -261,7 +250,7 @@ async fn a_write_through_one_instance_is_read_at_once_through_the_other() {
 async fn with_the_cache_switched_off_every_read_comes_from_the_database() {
     let app = TestApp::spawn_with(&[("CACHE_ENABLED", "false")]).await;
     let token = admin();
-    let id = create_panel(&app, &token, "Before").await;
+    let id = app.create_panel(&token, "Before").await;
     assert_eq!(panel_name(&app, &token, id).await, "Before");
     assert_eq!(listed(&app, &token).await, vec!["Before"]);
 
@@ -286,7 +275,7 @@ async fn with_the_cache_switched_off_every_read_comes_from_the_database() {
 async fn columns_and_views_are_fresh_after_writes_through_either_instance() {
     let (a, b) = two_instances(&[]).await;
     let token = admin();
-    let id = create_panel(&a, &token, "Worklist").await;
+    let id = a.create_panel(&token, "Worklist").await;
     let columns = format!("/api/panels/{id}/columns");
     let column_names = async |app: &TestApp| -> Vec<String> {
         let res = app.get(&columns).bearer(&token).send().await;
@@ -386,7 +375,7 @@ async fn columns_and_views_are_fresh_after_writes_through_either_instance() {
 async fn one_tenants_cache_never_answers_another_tenant_or_database() {
     let (a, b) = two_instances(&[]).await;
     let owner = admin();
-    let id = create_panel(&a, &owner, "Secret").await;
+    let id = a.create_panel(&owner, "Secret").await;
     assert_eq!(panel_name(&a, &owner, id).await, "Secret");
     assert_eq!(panel_name(&b, &owner, id).await, "Secret");
     assert_eq!(listed(&b, &owner).await, vec!["Secret"]);
@@ -412,9 +401,9 @@ async fn one_tenants_cache_never_answers_another_tenant_or_database() {
     // reads its own.
     let elsewhere = TestApp::spawn().await;
     wait_trusted(&elsewhere).await;
-    let mut other_id = create_panel(&elsewhere, &owner, "Elsewhere").await;
+    let mut other_id = elsewhere.create_panel(&owner, "Elsewhere").await;
     while other_id < id {
-        other_id = create_panel(&elsewhere, &owner, "Elsewhere").await;
+        other_id = elsewhere.create_panel(&owner, "Elsewhere").await;
     }
     assert_eq!(other_id, id, "both databases number panels alike");
     for _ in 0..2 {
@@ -428,7 +417,7 @@ async fn revoking_access_hides_a_cached_panel_at_once() {
     let (a, b) = two_instances(&[]).await;
     let owner = admin();
     let viewer = token_for(TENANT, "vic@cache.example", Role::User);
-    let id = create_panel(&a, &owner, "Shared").await;
+    let id = a.create_panel(&owner, "Shared").await;
 
     // Not shared yet: absent for the viewer (and that answer is not kept).
     b.get(&format!("/api/panels/{id}"))
@@ -485,7 +474,7 @@ async fn every_request_succeeds_while_redis_is_down_and_the_cache_comes_back() {
     ];
     let (a, b) = two_instances(&vars).await;
     let token = admin();
-    let id = create_panel(&a, &token, "One").await;
+    let id = a.create_panel(&token, "One").await;
     for app in [&a, &b, &a, &b] {
         assert_eq!(panel_name(app, &token, id).await, "One");
     }
@@ -500,7 +489,7 @@ async fn every_request_succeeds_while_redis_is_down_and_the_cache_comes_back() {
     rename(&a, &token, id, "Two").await;
     assert_eq!(panel_name(&b, &token, id).await, "Two");
     assert_eq!(listed(&b, &token).await, vec!["Two"]);
-    let second = create_panel(&b, &token, "Three").await;
+    let second = b.create_panel(&token, "Three").await;
     assert_eq!(panel_name(&a, &token, second).await, "Three");
     assert_eq!(listed(&a, &token).await, vec!["Two", "Three"]);
     let ready = a.get("/health/ready").send().await;
@@ -553,7 +542,7 @@ async fn a_write_redis_could_not_record_is_never_hidden_by_an_old_entry() {
     ];
     let (a, b) = two_instances(&vars).await;
     let token = admin();
-    let id = create_panel(&a, &token, "Old").await;
+    let id = a.create_panel(&token, "Old").await;
     for _ in 0..2 {
         assert_eq!(panel_name(&b, &token, id).await, "Old");
     }
@@ -595,7 +584,7 @@ async fn a_write_redis_could_not_record_is_never_hidden_by_an_old_entry() {
 async fn concurrent_reads_during_writes_end_with_the_last_write() {
     let (a, b) = two_instances(&[]).await;
     let token = admin();
-    let id = create_panel(&a, &token, "v0").await;
+    let id = a.create_panel(&token, "v0").await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut readers = Vec::new();
     for i in 0..8 {
@@ -700,7 +689,7 @@ async fn structural_changes_reach_every_instances_subscribers() {
     let mut events = b.state.cache.subscribe();
     assert!(b.state.cache.wait_subscribed(Duration::from_secs(5)).await);
     let token = admin();
-    let id = create_panel(&a, &token, "Live").await;
+    let id = a.create_panel(&token, "Live").await;
     rename(&a, &token, id, "Live 2").await;
 
     let mut received: Vec<Value> = Vec::new();
@@ -792,7 +781,7 @@ async fn a_leased_tenant_rate_limit_admits_no_more_than_the_shared_limit() {
 async fn without_redis_the_in_process_cache_serves_alone() {
     let app = TestApp::spawn_with(&[("REDIS_URL", "")]).await;
     let token = admin();
-    let id = create_panel(&app, &token, "Local").await;
+    let id = app.create_panel(&token, "Local").await;
     assert_eq!(panel_name(&app, &token, id).await, "Local");
     let before = hits(&app, "panel");
     assert_eq!(panel_name(&app, &token, id).await, "Local");

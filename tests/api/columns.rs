@@ -21,7 +21,7 @@ struct Given {
 async fn given_a_panel() -> Given {
     let app = TestApp::spawn().await;
     let admin = token_for(TENANT, "admin@acme.test", Role::Admin);
-    let panel = create_panel(&app, &admin, "Follow-up").await;
+    let panel = app.create_panel(&admin, "Follow-up").await;
     let db = app.owner_pool().await;
     let ds = insert_data_source(&db, TENANT, panel).await;
     Given {
@@ -31,17 +31,6 @@ async fn given_a_panel() -> Given {
         ds,
         db,
     }
-}
-
-async fn create_panel(app: &TestApp, token: &str, name: &str) -> i64 {
-    let res = app
-        .post("/panels")
-        .bearer(token)
-        .json(&json!({ "name": name }))
-        .send()
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.body["id"].as_i64().expect("panel id")
 }
 
 /// Data sources have their own module; here they are rows the columns can point at.
@@ -337,7 +326,7 @@ async fn base_column_input_is_validated_before_it_reaches_the_database() {
 #[tokio::test]
 async fn a_base_column_needs_a_data_source_of_its_own_panel() {
     let g = given_a_panel().await;
-    let other_panel = create_panel(&g.app, &g.admin, "Other").await;
+    let other_panel = g.app.create_panel(&g.admin, "Other").await;
     let other_ds = insert_data_source(&g.db, TENANT, other_panel).await;
     for ds in [other_ds, 987_654] {
         let res = g.post_base(json!({"name": "n", "type": "text", "sourceField": "f", "dataSourceId": ds, "properties": {}})).await;
@@ -371,7 +360,7 @@ async fn column_names_are_unique_in_a_panel() {
         .await
         .assert_error(409, "COLUMN_NAME_TAKEN");
     // Another panel may use the name.
-    let panel = create_panel(&g.app, &g.admin, "Other").await;
+    let panel = g.app.create_panel(&g.admin, "Other").await;
     let ds = insert_data_source(&g.db, TENANT, panel).await;
     let res = g
         .app
@@ -1035,7 +1024,7 @@ async fn reordering_lists_every_column_once_and_numbers_them() {
     let d = g.base("d").await;
     assert_eq!(g.get(d).await.body["properties"]["display"]["order"], 3);
 
-    let foreign_panel = create_panel(&g.app, &g.admin, "Other").await;
+    let foreign_panel = g.app.create_panel(&g.admin, "Other").await;
     let foreign_ds = insert_data_source(&g.db, TENANT, foreign_panel).await;
     let foreign: i64 = sqlx::query_scalar(
         "insert into panel_column (tenant_id, panel_id, kind, name, type, source_field, data_source_id) values ($1, $2, 'base', 'f', 'text', 'f', $3) returning id",
@@ -1073,7 +1062,7 @@ async fn another_tenants_panels_and_columns_answer_exactly_like_unknown_ids() {
     let g = given_a_panel().await;
     let mine = g.base("Email").await;
     let rival = token_for("rival", "admin@rival.test", Role::Admin);
-    let rival_panel = create_panel(&g.app, &rival, "Theirs").await;
+    let rival_panel = g.app.create_panel(&rival, "Theirs").await;
     let rival_ds = insert_data_source(&g.db, "rival", rival_panel).await;
     let res = g
         .app
@@ -1344,24 +1333,10 @@ async fn version(app: &crate::helpers::TestApp, tenant: &str, panel: i64) -> Opt
 async fn a_replayed_or_failed_write_publishes_nothing_and_bumps_no_version() {
     let app = crate::helpers::TestApp::spawn().await;
     let token = token_for("replay", "admin@replay.example", Role::Admin);
-    let panel = app
-        .post("/api/panels")
-        .bearer(&token)
-        .json(&json!({"name": "Replays"}))
-        .send()
-        .await
-        .body["id"]
-        .as_i64()
-        .expect("panel");
+    let panel = app.create_panel(&token, "Replays").await;
     let ds = app
-        .post(&format!("/api/panels/{panel}/datasources"))
-        .bearer(&token)
-        .json(&json!({"type": "custom", "config": {"keyField": "id"}}))
-        .send()
-        .await
-        .body["id"]
-        .as_i64()
-        .expect("source");
+        .create_source(&token, panel, "custom", json!({"keyField": "id"}))
+        .await;
     let mut events = app.state.cache.subscribe();
     let _ = app
         .state

@@ -20,19 +20,8 @@ struct Story {
 async fn story() -> Story {
     let app = TestApp::spawn().await;
     let admin = token_for(TENANT, "admin@acme.example", Role::Admin);
-    let panel = create_panel(&app, &admin).await;
+    let panel = app.create_panel(&admin, "Diabetes follow-up").await;
     Story { app, admin, panel }
-}
-
-async fn create_panel(app: &TestApp, token: &str) -> i64 {
-    let res = app
-        .post("/panels")
-        .bearer(token)
-        .json(&json!({"name": "Diabetes follow-up"}))
-        .send()
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    res.body["id"].as_i64().expect("panel id")
 }
 
 fn database_config() -> Value {
@@ -631,9 +620,9 @@ async fn ids_of_other_panels_and_tenants_answer_not_found_alike() {
         &json!({"type": "custom", "config": {}}),
     )
     .await;
-    let other_panel = create_panel(&app, &admin).await;
+    let other_panel = app.create_panel(&admin, "Diabetes follow-up").await;
     let rival = token_for("globex", "admin@globex.example", Role::Admin);
-    let rival_panel = create_panel(&app, &rival).await;
+    let rival_panel = app.create_panel(&rival, "Diabetes follow-up").await;
     let rival_ds = create_ok(
         &app,
         &rival,
@@ -726,7 +715,7 @@ async fn ids_of_other_panels_and_tenants_answer_not_found_alike() {
 async fn viewers_read_and_only_builders_with_editor_permission_change_sources() {
     let app = TestApp::spawn().await;
     let owner = token_for(TENANT, "owner@acme.example", Role::Builder);
-    let panel = create_panel(&app, &owner).await;
+    let panel = app.create_panel(&owner, "Diabetes follow-up").await;
     let ds = create_ok(
         &app,
         &owner,
@@ -996,7 +985,7 @@ async fn an_idempotency_key_replays_the_create() {
         .send()
         .await;
     other.assert_error(422, "IDEMPOTENCY_KEY_REUSED");
-    let other_panel = create_panel(&app, &admin).await;
+    let other_panel = app.create_panel(&admin, "Diabetes follow-up").await;
     let res = app
         .post(&format!("/panels/{other_panel}/datasources"))
         .bearer(&admin)

@@ -175,6 +175,30 @@ impl TestApp {
         self.request(Method::DELETE, path)
     }
 
+    /// Creates a panel as `token` through the API; answers its id.
+    pub async fn create_panel(&self, token: &str, name: &str) -> i64 {
+        let res = self
+            .post("/api/panels")
+            .bearer(token)
+            .json(&json!({ "name": name }))
+            .send()
+            .await;
+        assert_eq!(res.status, 201, "create panel {name}: {}", res.text);
+        res.body["id"].as_i64().expect("panel id")
+    }
+
+    /// Adds a data source of `kind` with `config` to a panel; answers its id.
+    pub async fn create_source(&self, token: &str, panel: i64, kind: &str, config: Value) -> i64 {
+        let res = self
+            .post(&format!("/api/panels/{panel}/datasources"))
+            .bearer(token)
+            .json(&json!({"type": kind, "config": config}))
+            .send()
+            .await;
+        assert_eq!(res.status, 201, "create {kind} source: {}", res.text);
+        res.body["id"].as_i64().expect("source id")
+    }
+
     /// Registers a new organisation with its admin through the API; answers the admin's session.
     pub async fn register_tenant(&self, slug: &str) -> Session {
         let email = format!("admin@{slug}.example");

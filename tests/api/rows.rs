@@ -15,24 +15,10 @@ struct Given {
 async fn given() -> Given {
     let app = TestApp::spawn().await;
     let token = token_for("rows", "admin@rows.example", Role::Admin);
-    let panel = app
-        .post("/api/panels")
-        .bearer(&token)
-        .json(&json!({"name": "Rows"}))
-        .send()
-        .await
-        .body["id"]
-        .as_i64()
-        .expect("panel");
+    let panel = app.create_panel(&token, "Rows").await;
     let ds = app
-        .post(&format!("/api/panels/{panel}/datasources"))
-        .bearer(&token)
-        .json(&json!({"type": "custom", "config": {"keyField": "mrn"}}))
-        .send()
-        .await
-        .body["id"]
-        .as_i64()
-        .expect("ds");
+        .create_source(&token, panel, "custom", json!({"keyField": "mrn"}))
+        .await;
     Given {
         app,
         token,

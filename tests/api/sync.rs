@@ -24,28 +24,15 @@ struct Given {
 async fn given(vars: &[(&str, &str)]) -> Given {
     let app = TestApp::spawn_with(vars).await;
     let token = token_for("sync", "admin@sync.example", Role::Admin);
-    let res = app
-        .post("/api/panels")
-        .bearer(&token)
-        .json(&json!({"name": "Worklist"}))
-        .send()
-        .await;
-    assert_eq!(res.status, 201, "{}", res.text);
-    let panel = res.body["id"].as_i64().expect("panel id");
+    let panel = app.create_panel(&token, "Worklist").await;
     Given { app, token, panel }
 }
 
 impl Given {
     async fn source(&self, kind: &str, config: Value) -> i64 {
-        let res = self
-            .app
-            .post(&format!("/api/panels/{}/datasources", self.panel))
-            .bearer(&self.token)
-            .json(&json!({"type": kind, "config": config}))
-            .send()
-            .await;
-        assert_eq!(res.status, 201, "{}", res.text);
-        res.body["id"].as_i64().expect("source id")
+        self.app
+            .create_source(&self.token, self.panel, kind, config)
+            .await
     }
 
     async fn sync(&self, ds: i64) -> crate::helpers::Res {

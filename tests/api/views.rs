@@ -30,7 +30,7 @@ impl World {
     async fn new() -> Self {
         let app = TestApp::spawn().await;
         let admin = token_for(TENANT, "admin@acme.test", Role::Admin);
-        let panel = create_panel(&app, &admin).await;
+        let panel = app.create_panel(&admin, "Follow-up").await;
         let columns = add_columns(&app, TENANT, panel, COLUMNS).await;
         Self {
             app,
@@ -80,17 +80,6 @@ impl World {
     async fn get(&self, token: &str, path: &str) -> Res {
         self.app.get(path).bearer(token).send().await
     }
-}
-
-async fn create_panel(app: &TestApp, token: &str) -> i64 {
-    let res = app
-        .post("/api/panels")
-        .bearer(token)
-        .json(&json!({"name": "Follow-up"}))
-        .send()
-        .await;
-    assert_eq!(res.status, 201, "create panel: {}", res.text);
-    res.body["id"].as_i64().expect("panel id")
 }
 
 /// Columns are written beneath the API: this module is about views, not columns.
@@ -351,7 +340,7 @@ async fn creating_a_view_validates_its_panel_and_columns() {
     res.assert_error(400, "VALIDATION_ERROR");
 
     // A column of another panel is not one of this panel's.
-    let other = create_panel(&w.app, &w.admin).await;
+    let other = w.app.create_panel(&w.admin, "Follow-up").await;
     let foreign = add_columns(&w.app, TENANT, other, &[("elsewhere", "text")]).await;
     let res = w.create_view(&w.admin, json!({"name": "x", "panelId": w.panel, "visibleColumns": [foreign["elsewhere"].to_string()]})).await;
     res.assert_error(400, "VALIDATION_ERROR");
@@ -535,7 +524,7 @@ async fn who_sees_a_view() {
 #[tokio::test]
 async fn lists_honour_panel_and_published_for_every_role() {
     let w = World::new().await;
-    let other = create_panel(&w.app, &w.admin).await;
+    let other = w.app.create_panel(&w.admin, "Follow-up").await;
     let (a, b) = (w.view("a").await, w.view("b").await);
     let res = w
         .create_view(&w.admin, json!({"name": "c", "panelId": other}))
