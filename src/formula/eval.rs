@@ -2,8 +2,9 @@
 //!
 //! Every operation mirrors the SQL the compiler emits (see `num.rs` and `datetime.rs` for
 //! the guarded operations), so a value computed here equals the value the database computes
-//! for the same row. A failing operation yields blank and records a warning for the cell; it
-//! never fails the evaluation.
+//! for the same row. A failing operation records a warning and fails the cell: the whole
+//! formula is blank for that row (a failed sub-expression never turns into a number or a text
+//! further up), while a blank input keeps its meaning. The evaluation itself never fails.
 
 use std::cmp::Ordering;
 
@@ -19,6 +20,12 @@ use super::{Checked, MAX_TEXT_BYTES, Span, Value, ValueType};
 /// A value of the wrong type for its column is treated as blank, with a warning.
 pub trait Row {
     fn get(&self, name: &str) -> Value;
+
+    /// Whether the column failed for this row (a calculated column whose formula failed): a
+    /// formula that reads it fails too. Asked after [`Row::get`].
+    fn failed(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 /// Evaluates a formula for one row. `now` is what NOW() and TODAY() see.
@@ -26,8 +33,8 @@ pub fn evaluate(checked: &Checked, row: &dyn Row, now: DateTime<Utc>) -> Value {
     evaluate_with_warnings(checked, row, now).0
 }
 
-/// Like [`evaluate`], also returning why parts of the formula came out blank
-/// (e.g. `1:5: division by zero`).
+/// Like [`evaluate`], also returning why the cell failed (e.g. `1:5: division by zero`); the
+/// value is blank whenever the warnings are not empty.
 pub fn evaluate_with_warnings(
     checked: &Checked,
     row: &dyn Row,
@@ -39,17 +46,23 @@ pub fn evaluate_with_warnings(
         warnings: Vec::new(),
     };
     let value = ev.eval_as(&checked.expr, checked.result_type);
-    (value, ev.warnings)
+    if ev.warnings.is_empty() {
+        (value, ev.warnings)
+    } else {
+        (Value::Blank, ev.warnings)
+    }
 }
 
 pub(crate) struct Evaluator<'a> {
     row: &'a dyn Row,
     pub now: DateTime<Utc>,
+    /// Why the cell failed; not empty means it did.
     warnings: Vec<String>,
 }
 
 impl Evaluator<'_> {
-    /// Records why a cell is blank and returns blank.
+    /// Records why the cell fails and returns blank for the operation (the whole cell is blank
+    /// in the end).
     pub fn fail(&mut self, span: Span, message: &str) -> Value {
         self.warnings
             .push(format!("{}:{}: {message}", span.line, span.column));
@@ -79,6 +92,9 @@ impl Evaluator<'_> {
             ExprKind::Boolean(b) => Value::Boolean(*b),
             ExprKind::Column(name) => {
                 let value = self.row.get(name);
+                if self.row.failed(name) {
+                    return self.fail(e.span, &format!("column {name} failed for this row"));
+                }
                 match (&value, ty) {
                     (Value::Blank, _) => value,
                     (Value::Text(t), ValueType::Text) if t.len() > MAX_TEXT_BYTES => self.fail(

@@ -9,7 +9,7 @@ use super::eval::{Evaluator, compare, compare_op};
 use super::num::{self, RoundMode};
 use super::parse::{BinaryOp, Expr, ExprKind};
 use super::pattern;
-use super::sql::{HelperArg, SqlCompiler, SqlParam};
+use super::sql::{HelperArg, SqlCompiler, SqlParam, switch_subject_type};
 use super::{MAX_TEXT_BYTES, Value, ValueType};
 
 /// How the checker treats an argument.
@@ -39,6 +39,32 @@ pub(crate) enum Ret {
     DateAdd,
 }
 
+/// How a function can fail a cell by itself (its arguments' failures always count), and which
+/// of its arguments it evaluates: the compiled SQL's failure test follows this
+/// ([`super::sql`]), the evaluator does what it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fails {
+    /// Never by itself; evaluates every argument.
+    Never,
+    /// When its value is NULL: its arguments are read with blank as a default, so NULL means
+    /// the guarded operation failed.
+    WhenNull,
+    /// When its value is NULL while its first argument is not blank (a blank first argument
+    /// gives blank).
+    WhenNullWithFirst,
+    /// As `WhenNullWithFirst`, but its SQL does not carry a NULL in its other arguments through
+    /// (REPLACE's positions go through `greatest`), so a failure there is tested on its own.
+    WhenNullWithFirstLoose,
+    /// When its value is NULL while some argument is not blank (AVERAGE of blanks is blank).
+    WhenNullWithAny,
+    /// Evaluate only some of their arguments.
+    If,
+    Switch,
+    And,
+    Or,
+    Coalesce,
+}
+
 pub(crate) type SqlFn = fn(&mut SqlCompiler<'_>, &Expr, &[Expr]);
 pub(crate) type EvalFn = fn(&mut Evaluator<'_>, &Expr, &[Expr]) -> Value;
 
@@ -49,6 +75,7 @@ pub(crate) struct Function {
     /// Argument `i` uses `args[min(i, len - 1)]`, so variadic functions list one entry.
     pub args: &'static [Arg],
     pub ret: Ret,
+    pub fails: Fails,
     pub signature: &'static str,
     pub example: &'static str,
     pub sql: SqlFn,
@@ -197,6 +224,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 3,
         args: &[Boolean, Special],
         ret: Ret::If,
+        fails: Fails::If,
         signature: "IF(condition, then, [else])",
         example: r#"IF(score > 50, "high", "low")"#,
         sql: |c, e, a| {
@@ -230,15 +258,13 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Special],
         ret: Ret::Switch,
+        fails: Fails::Switch,
         signature: "SWITCH(expression, pattern1, result1, …, [default])",
         example: r#"SWITCH(status, "open", 1, "closed", 2, 0)"#,
         sql: |c, e, a| {
             let ty = e.ty.unwrap_or(T::Text);
             // A blank subject takes the patterns' type so the CASE is well typed.
-            let subject = std::iter::once(&a[0])
-                .chain(a[1..].chunks_exact(2).map(|pair| &pair[0]))
-                .find_map(|x| x.ty)
-                .unwrap_or(T::Text);
+            let subject = switch_subject_type(a);
             c.sql("case ");
             c.expr_as(&a[0], subject);
             let rest = &a[1..];
@@ -284,6 +310,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Boolean],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::And,
         signature: "AND(logical1, logical2, …)",
         example: "AND(score > 50, active)",
         sql: |c, _, a| infix(c, a, " and ", |c, e| c.boolean(e)),
@@ -295,6 +322,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Boolean],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Or,
         signature: "OR(logical1, logical2, …)",
         example: "OR(score > 50, vip)",
         sql: |c, _, a| infix(c, a, " or ", |c, e| c.boolean(e)),
@@ -306,6 +334,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Boolean],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "NOT(logical)",
         example: "NOT(active)",
         sql: |c, _, a| {
@@ -320,6 +349,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Boolean],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "XOR(logical1, logical2, …)",
         example: "XOR(a > 1, b > 1)",
         sql: |c, _, a| {
@@ -341,6 +371,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Any],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "ISBLANK(value)",
         example: "ISBLANK({Last visit date})",
         sql: |c, _, a| {
@@ -359,6 +390,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Special],
         ret: Ret::Coalesce,
+        fails: Fails::Coalesce,
         signature: "COALESCE(value1, value2, …)",
         example: r#"COALESCE(nickname, firstName, "anonymous")"#,
         sql: |c, e, a| {
@@ -389,6 +421,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 0,
         args: &[],
         ret: Ret::Blank,
+        fails: Fails::Never,
         signature: "BLANK()",
         example: "IF(score > 0, score, BLANK())",
         sql: |c, _, _| c.sql("null"),
@@ -401,6 +434,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Any],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::WhenNull,
         signature: "CONCAT(value1, value2, …)",
         example: r#"CONCAT(firstName, " ", lastName)"#,
         sql: |c, _, a| {
@@ -425,6 +459,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Text],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::WhenNullWithFirst,
         signature: "UPPER(text)",
         example: "UPPER(lastName)",
         // panels_upper uses ICU's root-locale mapping: Unicode's default, like Rust's.
@@ -445,6 +480,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Text],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::WhenNullWithFirst,
         signature: "LOWER(text)",
         example: "LOWER(email)",
         sql: |c, _, a| {
@@ -463,6 +499,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Text],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::Never,
         signature: "TRIM(text)",
         example: "TRIM(name)",
         sql: |c, _, a| c.func("btrim", &[HelperArg::Text(&a[0]), HelperArg::Raw("' '")]),
@@ -474,6 +511,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Text],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "LEN(text)",
         example: "LEN(description)",
         sql: |c, _, a| {
@@ -488,6 +526,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Number],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::Never,
         signature: "LEFT(text, [count = 1])",
         example: "LEFT(code, 3)",
         sql: |c, _, a| {
@@ -509,6 +548,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Number],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::Never,
         signature: "RIGHT(text, [count = 1])",
         example: "RIGHT(phone, 4)",
         sql: |c, _, a| {
@@ -530,6 +570,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 3,
         args: &[Text, Number, Number],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::Never,
         signature: "MID(text, start, count)",
         example: "MID(code, 2, 3)",
         sql: |c, _, a| {
@@ -559,6 +600,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 3,
         args: &[Text, Text, Text],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::WhenNullWithFirst,
         signature: "SUBSTITUTE(text, old, new)",
         example: r#"SUBSTITUTE(phone, "-", "")"#,
         sql: |c, _, a| {
@@ -598,6 +640,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 4,
         args: &[Text, Number, Number, Text],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::WhenNullWithFirstLoose,
         signature: "REPLACE(text, start, count, new)",
         example: r#"REPLACE(code, 1, 2, "XX")"#,
         sql: |c, _, a| {
@@ -634,6 +677,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Text],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "FIND(needle, haystack)",
         example: r#"FIND("@", email)"#,
         sql: |c, _, a| {
@@ -658,6 +702,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Text],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "CONTAINS(haystack, needle)",
         example: r#"CONTAINS(email, "@example.com")"#,
         sql: |c, _, a| {
@@ -679,6 +724,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Text],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "STARTS_WITH(text, prefix)",
         example: r#"STARTS_WITH(sku, "EU-")"#,
         sql: |c, _, a| {
@@ -699,6 +745,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Text],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "ENDS_WITH(text, suffix)",
         example: r#"ENDS_WITH(email, ".org")"#,
         sql: |c, _, a| {
@@ -719,6 +766,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Literal],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "REGEX_MATCH(text, \"pattern\")",
         example: r#"REGEX_MATCH(postcode, "^[0-9]{5}$")"#,
         sql: |c, _, a| {
@@ -743,6 +791,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Any],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::Never,
         signature: "TEXT(value)",
         example: r#"TEXT(amount) & " EUR""#,
         sql: |c, _, a| c.any_text(&a[0]),
@@ -754,6 +803,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Text, Number],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::WhenNullWithFirst,
         signature: "REPT(text, count)",
         example: r#"REPT("*", rating)"#,
         sql: |c, _, a| {
@@ -783,6 +833,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Number, Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "ROUND(number, [digits = 0])",
         example: "ROUND(price * 1.2, 2)",
         sql: |c, _, a| round_sql(c, a, "0"),
@@ -794,6 +845,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Number, Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "ROUNDUP(number, [digits = 0])",
         example: "ROUNDUP(hours, 0)",
         sql: |c, _, a| round_sql(c, a, "1"),
@@ -805,6 +857,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Number, Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "ROUNDDOWN(number, [digits = 0])",
         example: "ROUNDDOWN(score, 1)",
         sql: |c, _, a| round_sql(c, a, "2"),
@@ -816,6 +869,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "FLOOR(number)",
         example: "FLOOR(rating)",
         sql: |c, _, a| c.func("floor", &[HelperArg::Num(&a[0])]),
@@ -827,6 +881,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "CEILING(number)",
         example: "CEILING(hours)",
         sql: |c, _, a| c.func("ceil", &[HelperArg::Num(&a[0])]),
@@ -838,6 +893,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "INT(number)",
         example: "INT(-2.5)",
         sql: |c, _, a| c.func("floor", &[HelperArg::Num(&a[0])]),
@@ -849,6 +905,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "ABS(number)",
         example: "ABS(balance)",
         sql: |c, _, a| c.func("abs", &[HelperArg::Num(&a[0])]),
@@ -860,6 +917,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "SIGN(number)",
         example: "SIGN(balance)",
         sql: |c, _, a| c.func("sign", &[HelperArg::Num(&a[0])]),
@@ -871,6 +929,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "MIN(number1, number2, …)",
         example: "MIN(bid, ask)",
         // least() skips NULLs, as MIN skips blanks.
@@ -887,6 +946,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "MAX(number1, number2, …)",
         example: "MAX(0, balance)",
         sql: |c, _, a| {
@@ -902,16 +962,18 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "SUM(number1, number2, …)",
         example: "SUM(q1, q2, q3, q4)",
-        // Exactly `a + b + c`, folded left.
+        // Exactly `a + b + c`, folded left: a step out of range fails the sum (the helper is
+        // strict, so its NULL carries through the later steps).
         sql: |c, _, a| {
             for _ in 1..a.len() {
-                c.sql("panels_add(coalesce(");
+                c.sql("panels_add(");
             }
             c.num(&a[0]);
             for arg in &a[1..] {
-                c.sql(", 0::float8), ");
+                c.sql(", ");
                 c.num(arg);
                 c.sql(")");
             }
@@ -920,7 +982,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
             let mut acc = Some(ev.num(&a[0]));
             for arg in &a[1..] {
                 let x = ev.num(arg);
-                acc = num::add(acc.unwrap_or(0.0), x);
+                acc = acc.and_then(|sum| num::add(sum, x));
             }
             ev.number(acc, e.span, "number out of range")
         },
@@ -931,6 +993,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: MANY,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNullWithAny,
         signature: "AVERAGE(number1, number2, …)",
         example: "AVERAGE(q1, q2, q3, q4)",
         sql: |c, _, a| {
@@ -938,19 +1001,20 @@ pub(crate) static FUNCTIONS: &[Function] = &[
             infix(c, a, ", ", |c, e| c.expr_as(e, T::Number));
             c.sql(")");
         },
-        eval: |ev, _, a| {
-            let mut sum: Option<f64> = None;
+        eval: |ev, e, a| {
+            let mut sum = Some(0.0);
             let mut n = 0u32;
             for arg in a {
                 if let Some(x) = ev.num_opt(arg) {
-                    sum = num::add(sum.unwrap_or(0.0), x);
+                    sum = sum.and_then(|s| num::add(s, x));
                     n += 1;
                 }
             }
             if n == 0 {
                 return Value::Blank;
             }
-            number(num::div(sum.unwrap_or(0.0), f64::from(n)))
+            let average = sum.and_then(|s| num::div(s, f64::from(n)));
+            ev.number(average, e.span, "number out of range")
         },
     },
     Function {
@@ -959,6 +1023,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Number, Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "POWER(base, exponent)",
         example: "POWER(1 + rate, years)",
         sql: |c, _, a| {
@@ -979,6 +1044,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "SQRT(number)",
         example: "SQRT(area)",
         sql: |c, _, a| c.func("panels_sqrt", &[HelperArg::Num(&a[0])]),
@@ -990,6 +1056,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Number, Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "MOD(number, divisor)",
         example: "MOD(row, 2)",
         sql: |c, _, a| {
@@ -1014,6 +1081,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Text],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNullWithFirst,
         signature: "VALUE(text)",
         example: r#"VALUE("12.5")"#,
         sql: |c, _, a| c.func("panels_try_float8", &[HelperArg::Text(&a[0])]),
@@ -1031,6 +1099,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[Number, Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "LOG(number, [base = 10])",
         example: "LOG(1000)",
         sql: |c, _, a| match a.get(1) {
@@ -1061,6 +1130,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "LN(number)",
         example: "LN(growth)",
         sql: |c, _, a| c.func("panels_ln", &[HelperArg::Num(&a[0])]),
@@ -1072,6 +1142,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Number],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::WhenNull,
         signature: "EXP(number)",
         example: "EXP(1)",
         sql: |c, _, a| c.func("panels_exp", &[HelperArg::Num(&a[0])]),
@@ -1084,6 +1155,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 0,
         args: &[],
         ret: Ret::Fixed(T::DateTime),
+        fails: Fails::Never,
         signature: "NOW()",
         example: "DATEDIFF(NOW(), created, \"hours\")",
         sql: |c, _, _| c.sql("now()"),
@@ -1095,6 +1167,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 0,
         args: &[],
         ret: Ret::Fixed(T::Date),
+        fails: Fails::Never,
         signature: "TODAY()",
         example: "DATEDIFF(TODAY(), birthday, \"years\")",
         // The UTC date, whatever the session time zone (current_date would use the session's).
@@ -1107,6 +1180,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 3,
         args: &[Number, Number, Number],
         ret: Ret::Fixed(T::Date),
+        fails: Fails::WhenNull,
         signature: "DATE(year, month, day)",
         example: "DATE(2024, 12, 31)",
         sql: |c, _, a| {
@@ -1135,6 +1209,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "YEAR(date)",
         example: "YEAR(created)",
         sql: |c, _, a| date_part_sql(c, a, DatePart::Year),
@@ -1146,6 +1221,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "MONTH(date)",
         example: "MONTH(created)",
         sql: |c, _, a| date_part_sql(c, a, DatePart::Month),
@@ -1157,6 +1233,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "DAY(date)",
         example: "DAY(created)",
         sql: |c, _, a| date_part_sql(c, a, DatePart::Day),
@@ -1168,6 +1245,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "WEEKDAY(date)",
         example: "WEEKDAY(created)",
         sql: |c, _, a| {
@@ -1183,6 +1261,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "HOUR(datetime)",
         example: "HOUR(created)",
         sql: |c, _, a| date_part_sql(c, a, DatePart::Hour),
@@ -1194,6 +1273,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "MINUTE(datetime)",
         example: "MINUTE(created)",
         sql: |c, _, a| date_part_sql(c, a, DatePart::Minute),
@@ -1205,6 +1285,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[DateLike],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "SECOND(datetime)",
         example: "SECOND(created)",
         sql: |c, _, a| date_part_sql(c, a, DatePart::Second),
@@ -1216,6 +1297,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 3,
         args: &[DateLike, Number, Literal],
         ret: Ret::DateAdd,
+        fails: Fails::WhenNullWithFirst,
         signature: "DATEADD(date, count, \"unit\")",
         example: "DATEADD(created, 30, \"days\")",
         sql: |c, e, a| {
@@ -1294,6 +1376,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 3,
         args: &[DateLike, DateLike, Literal],
         ret: Ret::Fixed(T::Number),
+        fails: Fails::Never,
         signature: "DATEDIFF(date1, date2, [\"unit\" = \"days\"])",
         example: "DATEDIFF(due, TODAY(), \"days\")",
         sql: |c, _, a| {
@@ -1346,6 +1429,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[DateLike, Literal],
         ret: Ret::Fixed(T::Text),
+        fails: Fails::Never,
         signature: "DATETIME_FORMAT(date, [\"format\" = \"YYYY-MM-DD HH:mm:ss\"])",
         example: "DATETIME_FORMAT(created, \"D MMM YYYY\")",
         sql: |c, _, a| {
@@ -1366,6 +1450,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 1,
         args: &[Text],
         ret: Ret::Fixed(T::DateTime),
+        fails: Fails::WhenNullWithFirst,
         signature: "DATETIME_PARSE(text)",
         example: "DATETIME_PARSE(\"2024-05-01T09:30:00Z\")",
         sql: |c, _, a| c.func("panels_try_timestamptz", &[HelperArg::Text(&a[0])]),
@@ -1383,6 +1468,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[DateLike, DateLike],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "IS_BEFORE(date1, date2)",
         example: "IS_BEFORE(due, TODAY())",
         sql: |c, _, a| c.compare(BinaryOp::Lt, &a[0], &a[1]),
@@ -1398,6 +1484,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         max: 2,
         args: &[DateLike, DateLike],
         ret: Ret::Fixed(T::Boolean),
+        fails: Fails::Never,
         signature: "IS_AFTER(date1, date2)",
         example: "IS_AFTER(shipped, due)",
         sql: |c, _, a| c.compare(BinaryOp::Gt, &a[0], &a[1]),
@@ -1542,7 +1629,7 @@ mod tests {
             ("ISBLANK(bn)", boolean(true)),
             ("ISBLANK(BLANK())", boolean(true)),
             ("ISBLANK('')", boolean(false)),
-            ("ISBLANK(1 / 0)", boolean(true)),
+            ("ISBLANK(1 / 0)", Blank),
             ("COALESCE(bt, bt, t)", text("Hello World")),
             ("COALESCE(bn)", Blank),
             ("BLANK()", Blank),
@@ -1624,7 +1711,7 @@ mod tests {
             ("MIN(bn)", Blank),
             ("MAX(n, neg, bn)", num(2.5)),
             ("SUM(n, neg, bn, 1)", num(-3.5)),
-            ("SUM(1e308, 1e308, 5)", num(5.0)),
+            ("SUM(1e308, 1e308, 5)", Blank),
             ("AVERAGE(n, neg, bn)", num(-2.25)),
             ("AVERAGE(bn)", Blank),
             ("POWER(2, 10)", num(1024.0)),
@@ -1653,7 +1740,7 @@ mod tests {
             ("-bn", num(-0.0)),
             ("n * 2 - 1 / 4", num(4.75)),
             ("1 / 0", Blank),
-            ("1 / 0 + 1", num(1.0)),
+            ("1 / 0 + 1", Blank),
             ("1e300 * 1e300", Blank),
             ("bn = 0", boolean(false)),
             ("bn != 0", boolean(false)),
@@ -1664,7 +1751,7 @@ mod tests {
             ("d < dt", boolean(true)),
             ("d = DATE(2024, 1, 31)", boolean(true)),
             ("FALSE < TRUE", boolean(true)),
-            ("wrong + 1", num(1.0)),
+            ("wrong + 1", Blank),
             // dates
             ("NOW()", dt("2024-03-10T15:04:05Z")),
             ("TODAY()", Value::Date(date(2024, 3, 10))),
@@ -1757,12 +1844,12 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_blank_with_a_warning() {
+    fn a_failure_blanks_the_whole_cell_with_a_warning() {
         let (v, warnings) = run("1 + 1 / 0");
-        assert_eq!(v, num(1.0));
+        assert_eq!(v, Value::Blank);
         assert_eq!(warnings, vec!["1:5: division by zero".to_string()]);
         let (v, warnings) = run("wrong * 2");
-        assert_eq!(v, num(0.0));
+        assert_eq!(v, Value::Blank);
         assert_eq!(
             warnings,
             vec!["1:1: column wrong holds a value that is not a number".to_string()]
@@ -1770,5 +1857,41 @@ mod tests {
         let (v, warnings) = run("DATE(2023, 2, 30)");
         assert_eq!(v, Value::Blank);
         assert_eq!(warnings.len(), 1);
+        // A failed calculation never turns into a number or a text further up.
+        for src in [
+            "ROUND(n / 0, 2)",
+            "SUM(n / 0, 1)",
+            "IF(n / 0 > 1, 1, 2)",
+            "CONCAT(n / 0, \"x\")",
+            "TEXT(SQRT(neg)) & \"!\"",
+            "COALESCE(VALUE(\"abc\"), 0)",
+            "AND(b, n / 0 > 1)",
+            "SWITCH(t, \"Hello World\", LN(neg), 0)",
+        ] {
+            let (v, warnings) = run(src);
+            assert_eq!(v, Value::Blank, "{src}");
+            assert_eq!(warnings.len(), 1, "{src}: {warnings:?}");
+        }
+    }
+
+    #[test]
+    fn blank_inputs_and_branches_not_taken_do_not_fail() {
+        for (src, expected) in [
+            ("n + BLANK()", num(2.5)),
+            ("bn * 2", num(0.0)),
+            ("IF(bn > 1, 1, 2)", num(2.0)),
+            ("COALESCE(bn, 5)", num(5.0)),
+            ("IF(n = 0, 0, 10 / n)", num(4.0)),
+            ("IF(TRUE, 1, 1 / 0)", num(1.0)),
+            ("AND(FALSE, 1 / 0 > 1)", boolean(false)),
+            ("OR(TRUE, 1 / 0 > 1)", boolean(true)),
+            ("COALESCE(n, 1 / 0)", num(2.5)),
+            ("SWITCH(bt, \"x\", 1 / 0, 3)", num(3.0)),
+            ("CONCAT(bt, \"x\")", text("x")),
+        ] {
+            let (v, warnings) = run(src);
+            assert_eq!(v, expected, "{src}");
+            assert!(warnings.is_empty(), "{src}: {warnings:?}");
+        }
     }
 }

@@ -31,8 +31,8 @@ pub use deps::{find_cycle, rename_column};
 pub use eval::{Row, evaluate, evaluate_with_warnings};
 pub use parse::{BinaryOp, Call, Expr, ExprKind};
 pub use sql::{
-    ColumnSql, JsonbColumns, SqlBuilder, SqlParam, compile_sql, compiled_len, jsonb_reader,
-    safe_cast_sql,
+    ColumnSql, CompiledParts, JsonbColumns, SqlBuilder, SqlParam, compile_parts, compile_sql,
+    compiled_len, jsonb_reader, safe_cast_sql,
 };
 
 /// Longest accepted formula, in characters.

@@ -2,12 +2,27 @@
 //!
 //! Every literal from the formula is a bound parameter with an explicit cast; the only text
 //! written into the SQL is this module's own (operators, helper function names, constants).
-//! Each child expression is emitted exactly once, so the SQL grows linearly with the AST;
-//! where an argument is needed twice, a helper function from the migration takes it as a
-//! parameter. The helpers, not the raw operators, are used wherever PostgreSQL could raise
-//! (float8 overflow, division by zero, invalid dates), so the query never fails on data.
+//! The helpers, not the raw operators, are used wherever PostgreSQL could raise (float8
+//! overflow, division by zero, invalid dates), so the query never fails on data: a guarded
+//! operation that fails answers NULL.
+//!
+//! A failure must blank the whole cell, not only its own sub-expression (`CONCAT(h / 0, "x")` is
+//! blank, not `"x"`), while a blank *input* keeps its meaning (read as 0, "" or false where the
+//! language says so). SQL has one NULL for both, so each expression is compiled twice: its value
+//! ([`SqlCompiler::expr`], where a failure reads as NULL) and, for the expressions that can
+//! fail, a boolean that says whether it failed for the row ([`SqlCompiler::failed`]), evaluated
+//! exactly as lazily as the evaluator evaluates (IF, SWITCH, AND, OR and COALESCE skip what they
+//! do not need). The cell is `case when <failed> then null else <value> end`.
+//!
+//! Most formulas need no second part: an expression that is never blank (arithmetic, numeric
+//! functions, concatenation, literals) passes a failed part on as NULL instead of reading it as
+//! 0 or "", so its value is NULL exactly where it failed ([`SqlCompiler::strict`]) and the cell
+//! is the value alone. Elsewhere the failure test of an operation repeats the value of its
+//! arguments, so the SQL grows with the size of the formula times its depth; parameters are
+//! shared ([`SqlBuilder::push_param`] reuses the placeholder of an equal value), so their number
+//! stays that of the formula's literals.
 
-use super::functions::FUNCTIONS;
+use super::functions::{FUNCTIONS, Fails};
 use super::parse::{BinaryOp, Expr, ExprKind};
 use super::{Checked, ValueType};
 
@@ -17,6 +32,16 @@ pub enum SqlParam {
     Text(String),
     Number(f64),
     Bool(bool),
+}
+
+impl SqlParam {
+    /// Equal values, numbers bit for bit (so `0` and `-0` stay two parameters).
+    fn same(&self, other: &SqlParam) -> bool {
+        match (self, other) {
+            (SqlParam::Number(a), SqlParam::Number(b)) => a.to_bits() == b.to_bits(),
+            _ => self == other,
+        }
+    }
 }
 
 /// SQL text plus its parameters, with placeholders numbered from a caller-chosen offset so
@@ -42,31 +67,66 @@ impl SqlBuilder {
         self.sql.push_str(s);
     }
 
-    /// Appends the next placeholder with a cast naming its type (`$3::text`), so PostgreSQL
-    /// never has to infer parameter types.
+    /// Appends a placeholder with a cast naming its type (`$3::text`), so PostgreSQL never has
+    /// to infer parameter types. A value already bound reuses its placeholder.
     pub fn push_param(&mut self, p: SqlParam) {
-        let n = self.first_placeholder + self.params.len();
         let cast = match p {
             SqlParam::Text(_) => "text",
             SqlParam::Number(_) => "float8",
             SqlParam::Bool(_) => "boolean",
         };
+        let index = match self.params.iter().position(|q| q.same(&p)) {
+            Some(i) => i,
+            None => {
+                self.params.push(p);
+                self.params.len() - 1
+            }
+        };
+        let n = self.first_placeholder + index;
         self.sql.push_str(&format!("${n}::{cast}"));
-        self.params.push(p);
     }
 
-    /// The placeholder number the next parameter will get.
+    /// The placeholder number the next new parameter will get.
     pub fn next_placeholder(&self) -> usize {
         self.first_placeholder + self.params.len()
+    }
+
+    /// Runs `emit` and takes the text it appended, leaving the parameters it bound in place:
+    /// the text can then be written into the query more than once.
+    pub fn capture(&mut self, emit: impl FnOnce(&mut SqlBuilder)) -> String {
+        let start = self.sql.len();
+        emit(self);
+        self.sql.split_off(start)
     }
 }
 
 /// How the caller reads a column. The SQL written must have the column's type
 /// ([`ValueType::sql_type`]) and must never raise, whatever the stored data is (see
-/// [`safe_cast_sql`] and [`JsonbColumns`]); a text longer than [`super::MAX_TEXT_BYTES`] must
-/// read as NULL (the evaluator fails such a cell). The column name must go in as a parameter.
+/// [`safe_cast_sql`] and [`JsonbColumns`]). The column name must go in as a parameter.
+///
+/// A column read can fail the cell: a text longer than [`super::MAX_TEXT_BYTES`] (which must
+/// then read as NULL), or a calculated column whose own formula failed for the row. A reader
+/// that says so in [`ColumnSql::column_can_fail`] writes the test in
+/// [`ColumnSql::column_failed`].
 pub trait ColumnSql {
     fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder);
+
+    /// Whether reading the column as `ty` can fail a cell.
+    fn column_can_fail(&self, _name: &str, _ty: ValueType) -> bool {
+        false
+    }
+
+    /// A boolean, true when reading the column failed for the row (called only when
+    /// [`ColumnSql::column_can_fail`] says it can).
+    fn column_failed(&self, _name: &str, _ty: ValueType, out: &mut SqlBuilder) {
+        out.push_sql("false");
+    }
+
+    /// Whether the column reads as NULL exactly where it failed (a calculated column whose
+    /// formula is never blank, see [`SqlCompiler::strict`]); base columns can be blank.
+    fn column_strict(&self, _name: &str, _ty: ValueType) -> bool {
+        false
+    }
 }
 
 /// The SQL helper (from the formula migration) that reads a JSONB value as `ty` without
@@ -95,20 +155,36 @@ pub struct JsonbColumns<'a> {
     pub row: &'a str,
 }
 
-impl ColumnSql for JsonbColumns<'_> {
-    fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
-        if ty == ValueType::Text {
-            out.push_sql("panels_text_cap(");
-        }
+impl JsonbColumns<'_> {
+    fn read(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
         out.push_sql(jsonb_reader(ty));
         out.push_sql("((");
         out.push_sql(self.row);
         out.push_sql(") -> ");
         out.push_param(SqlParam::Text(name.to_string()));
         out.push_sql(")");
+    }
+}
+
+impl ColumnSql for JsonbColumns<'_> {
+    fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
         if ty == ValueType::Text {
+            out.push_sql("panels_text_cap(");
+            self.read(name, ty, out);
             out.push_sql(")");
+        } else {
+            self.read(name, ty, out);
         }
+    }
+
+    fn column_can_fail(&self, _name: &str, ty: ValueType) -> bool {
+        ty == ValueType::Text
+    }
+
+    fn column_failed(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
+        out.push_sql("coalesce(octet_length(");
+        self.read(name, ty, out);
+        out.push_sql(&format!(") > {}, false)", super::MAX_TEXT_BYTES));
     }
 }
 
@@ -121,17 +197,72 @@ pub fn compiled_len(checked: &Checked) -> usize {
         fn column_sql(&self, _: &str, _: ValueType, out: &mut SqlBuilder) {
             out.push_sql("c00.v");
         }
+        fn column_can_fail(&self, _: &str, _: ValueType) -> bool {
+            true
+        }
+        fn column_failed(&self, _: &str, _: ValueType, out: &mut SqlBuilder) {
+            out.push_sql("c00.f");
+        }
     }
     let mut out = SqlBuilder::new(1);
     compile_sql(checked, &ByName, &mut out);
     out.sql.len()
 }
 
-/// Appends the SQL for a checked formula; the expression has type
-/// `checked.result_type.sql_type()`.
+/// Appends the SQL of a checked formula's cell: its value, or NULL where it failed for the
+/// row. The expression has type `checked.result_type.sql_type()`.
 pub fn compile_sql(checked: &Checked, columns: &dyn ColumnSql, out: &mut SqlBuilder) {
+    let parts = compile_parts(checked, columns, out);
+    out.push_sql(&parts.cell());
+}
+
+/// A formula's SQL in its two parts, for a caller that needs both (a formula that refers to
+/// another calculated column fails where that column failed).
+#[derive(Clone, Debug)]
+pub struct CompiledParts {
+    /// The value, where a failed operation reads as NULL but a failure elsewhere in the
+    /// formula may not show.
+    pub value: String,
+    /// A boolean that is true where the formula failed for the row; `None` when it cannot.
+    pub failed: Option<String>,
+    /// The value is NULL exactly where the formula failed: it is its own cell.
+    pub strict: bool,
+}
+
+impl CompiledParts {
+    /// The cell: the value, or NULL where the formula failed.
+    pub fn cell(&self) -> String {
+        match &self.failed {
+            Some(failed) if !self.strict => {
+                format!("(case when {failed} then null else {} end)", self.value)
+            }
+            _ => self.value.clone(),
+        }
+    }
+}
+
+/// Compiles a formula's value and failure test; their parameters are bound in `out`, their text
+/// is returned (and not appended to `out.sql`).
+pub fn compile_parts(
+    checked: &Checked,
+    columns: &dyn ColumnSql,
+    out: &mut SqlBuilder,
+) -> CompiledParts {
     let mut c = SqlCompiler { out, columns };
-    c.expr_as(&checked.expr, checked.result_type);
+    let value = c.capture(|c| c.expr_as(&checked.expr, checked.result_type));
+    let strict = c.strict(&checked.expr);
+    let failed = if !c.can_fail(&checked.expr) {
+        None
+    } else if strict {
+        Some(format!("({value} is null)"))
+    } else {
+        Some(c.capture(|c| c.failed(&checked.expr)))
+    };
+    CompiledParts {
+        value,
+        failed,
+        strict,
+    }
 }
 
 /// An argument of a helper-function call, in the form the helper wants it.
@@ -168,6 +299,13 @@ impl SqlCompiler<'_> {
         self.out.push_param(p);
     }
 
+    /// Runs `emit` and returns the text it wrote instead of keeping it in the output.
+    fn capture(&mut self, emit: impl FnOnce(&mut Self)) -> String {
+        let start = self.out.sql.len();
+        emit(self);
+        self.out.sql.split_off(start)
+    }
+
     /// `name(arg, arg, …)`.
     pub fn func(&mut self, name: &str, args: &[HelperArg<'_>]) {
         self.sql(name);
@@ -185,11 +323,13 @@ impl SqlCompiler<'_> {
         match arg {
             HelperArg::Num(e) => self.num(e),
             HelperArg::Text(e) => self.expr_as(e, ValueType::Text),
+            HelperArg::TextOr(e) if self.strict(e) => self.expr_as(e, ValueType::Text),
             HelperArg::TextOr(e) => {
                 self.sql("coalesce(");
                 self.expr_as(e, ValueType::Text);
                 self.sql(", '')");
             }
+            HelperArg::AnyTextOr(e) if self.strict(e) => self.any_text(e),
             HelperArg::AnyTextOr(e) => {
                 self.sql("coalesce(");
                 self.any_text(e);
@@ -202,8 +342,13 @@ impl SqlCompiler<'_> {
         }
     }
 
-    /// A number with blank read as 0 (the arithmetic rule).
+    /// A number with blank read as 0 (the arithmetic rule); an expression that is never blank
+    /// is passed as it is, so its failure (NULL) carries on.
     pub fn num(&mut self, e: &Expr) {
+        if self.strict(e) {
+            self.expr_as(e, ValueType::Number);
+            return;
+        }
         self.sql("coalesce(");
         self.expr_as(e, ValueType::Number);
         self.sql(", 0::float8)");
@@ -268,7 +413,7 @@ impl SqlCompiler<'_> {
         }
     }
 
-    /// `e` in its own type, parenthesised.
+    /// `e` in its own type, parenthesised; a failed operation reads as NULL.
     pub fn expr(&mut self, e: &Expr) {
         let Some(ty) = e.ty else {
             self.sql("null::text");
@@ -288,6 +433,254 @@ impl SqlCompiler<'_> {
             ExprKind::Call(call) => (FUNCTIONS[call.func].sql)(self, e, &call.args),
         }
         self.sql(")");
+    }
+
+    /// Whether `e` is NULL exactly where it failed: never blank, and every part that can fail is
+    /// itself strict (then passed on without a default) — arithmetic, concatenation and the
+    /// numeric functions over literals, other strict expressions, and parts that cannot fail.
+    pub fn strict(&self, e: &Expr) -> bool {
+        let Some(ty) = e.ty else {
+            return false;
+        };
+        match &e.kind {
+            ExprKind::Number(_) | ExprKind::Text(_) | ExprKind::Boolean(_) => true,
+            ExprKind::Column(name) => self.columns.column_strict(name, ty),
+            ExprKind::Neg(inner) => self.passes(inner),
+            ExprKind::Binary(op, l, r) if op_can_fail(*op) => self.passes(l) && self.passes(r),
+            // A comparison reads blank as false unless both sides are never blank.
+            ExprKind::Binary(_, l, r) => {
+                (self.strict(l) && self.strict(r)) || (!self.can_fail(l) && !self.can_fail(r))
+            }
+            ExprKind::Call(call) => match FUNCTIONS[call.func].fails {
+                Fails::WhenNull => call.args.iter().all(|a| self.passes(a)),
+                // Blank only where the first argument is: never, when that one is strict.
+                Fails::WhenNullWithFirst => {
+                    self.strict(&call.args[0]) && call.args[1..].iter().all(|a| self.passes(a))
+                }
+                _ => false,
+            },
+        }
+    }
+
+    /// Whether an argument read with a default (blank as 0 or "") keeps its parent strict: it is
+    /// strict itself (and read without the default), or it cannot fail.
+    fn passes(&self, e: &Expr) -> bool {
+        self.strict(e) || !self.can_fail(e)
+    }
+
+    /// Whether `e` can fail for some row: an operation of its own that can, or a part that can.
+    /// An expression without a type (always blank) evaluates nothing.
+    pub fn can_fail(&self, e: &Expr) -> bool {
+        let Some(ty) = e.ty else {
+            return false;
+        };
+        match &e.kind {
+            ExprKind::Number(_) | ExprKind::Text(_) | ExprKind::Boolean(_) => false,
+            ExprKind::Column(name) => self.columns.column_can_fail(name, ty),
+            ExprKind::Neg(inner) => self.can_fail(inner),
+            ExprKind::Binary(op, l, r) => op_can_fail(*op) || self.can_fail(l) || self.can_fail(r),
+            ExprKind::Call(call) => {
+                own_failure(FUNCTIONS[call.func].fails)
+                    || call.args.iter().any(|a| self.can_fail(a))
+            }
+        }
+    }
+
+    /// A boolean, true where evaluating `e` failed for the row, with the evaluator's laziness
+    /// (a branch IF does not take cannot fail it). Called only where [`Self::can_fail`] holds.
+    pub fn failed(&mut self, e: &Expr) {
+        let Some(ty) = e.ty else {
+            self.sql("false");
+            return;
+        };
+        if self.strict(e) {
+            self.sql("(");
+            self.value_is_null(e);
+            self.sql(")");
+            return;
+        }
+        match &e.kind {
+            ExprKind::Number(_) | ExprKind::Text(_) | ExprKind::Boolean(_) => self.sql("false"),
+            ExprKind::Column(name) => {
+                if self.columns.column_can_fail(name, ty) {
+                    self.columns.column_failed(name, ty, self.out);
+                } else {
+                    self.sql("false");
+                }
+            }
+            ExprKind::Neg(inner) => self.failed(inner),
+            ExprKind::Binary(op, l, r) if op_can_fail(*op) => {
+                // A strict operand's failure already shows as the operation's NULL.
+                let own = self.capture(|c| c.value_is_null(e));
+                let parts: Vec<&Expr> = [&**l, &**r]
+                    .into_iter()
+                    .filter(|p| !self.strict(p))
+                    .collect();
+                self.any_failed(&parts, Some(own));
+            }
+            ExprKind::Binary(_, l, r) => self.any_failed(&[l, r], None),
+            ExprKind::Call(call) => {
+                let a = &call.args;
+                match FUNCTIONS[call.func].fails {
+                    Fails::Never => self.any_failed(&a.iter().collect::<Vec<_>>(), None),
+                    Fails::WhenNull => {
+                        let own = self.capture(|c| c.value_is_null(e));
+                        let parts: Vec<&Expr> = a.iter().filter(|p| !self.strict(p)).collect();
+                        self.any_failed(&parts, Some(own));
+                    }
+                    Fails::WhenNullWithFirst | Fails::WhenNullWithFirstLoose => {
+                        let own = self.capture(|c| {
+                            c.sql("(");
+                            c.value_is_null(e);
+                            c.sql(" and ");
+                            c.expr(&a[0]);
+                            c.sql(" is not null)");
+                        });
+                        self.any_failed(&a.iter().collect::<Vec<_>>(), Some(own));
+                    }
+                    Fails::WhenNullWithAny => {
+                        let own = self.capture(|c| {
+                            c.sql("(");
+                            c.value_is_null(e);
+                            c.sql(" and (");
+                            for (i, arg) in a.iter().enumerate() {
+                                if i > 0 {
+                                    c.sql(" or ");
+                                }
+                                c.expr(arg);
+                                c.sql(" is not null");
+                            }
+                            c.sql("))");
+                        });
+                        self.any_failed(&a.iter().collect::<Vec<_>>(), Some(own));
+                    }
+                    Fails::If => {
+                        self.sql("(");
+                        self.failed_or_false(&a[0]);
+                        self.sql(" or case when ");
+                        self.boolean(&a[0]);
+                        self.sql(" then ");
+                        self.failed_or_false(&a[1]);
+                        self.sql(" else ");
+                        match a.get(2) {
+                            Some(other) => self.failed_or_false(other),
+                            None => self.sql("false"),
+                        }
+                        self.sql(" end)");
+                    }
+                    Fails::And | Fails::Or => {
+                        // AND stops at the first false argument, OR at the first true one.
+                        let and = FUNCTIONS[call.func].fails == Fails::And;
+                        for (i, arg) in a.iter().enumerate() {
+                            self.sql("(");
+                            self.failed_or_false(arg);
+                            if i + 1 < a.len() {
+                                self.sql(" or (");
+                                if !and {
+                                    self.sql("not ");
+                                }
+                                self.boolean(arg);
+                                self.sql(" and ");
+                            }
+                        }
+                        for i in 0..a.len() {
+                            self.sql(if i + 1 < a.len() { "))" } else { ")" });
+                        }
+                    }
+                    Fails::Coalesce => {
+                        // Stops at the first argument that is not blank.
+                        let ty = e.ty.unwrap_or(ValueType::Text);
+                        for (i, arg) in a.iter().enumerate() {
+                            self.sql("(");
+                            self.failed_or_false(arg);
+                            if i + 1 < a.len() {
+                                self.sql(" or (");
+                                self.expr_as(arg, ty);
+                                self.sql(" is null and ");
+                            }
+                        }
+                        for i in 0..a.len() {
+                            self.sql(if i + 1 < a.len() { "))" } else { ")" });
+                        }
+                    }
+                    Fails::Switch => self.switch_failed(a),
+                }
+            }
+        }
+    }
+
+    /// SWITCH evaluates its subject, then each pattern in turn until one equals it, then that
+    /// pattern's result, or the default; a blank subject goes straight to the default.
+    fn switch_failed(&mut self, a: &[Expr]) {
+        let subject = switch_subject_type(a);
+        let rest = &a[1..];
+        let pairs: Vec<&[Expr]> = rest.chunks_exact(2).collect();
+        let default = (rest.len() % 2 == 1).then(|| &rest[rest.len() - 1]);
+        self.sql("(");
+        self.failed_or_false(&a[0]);
+        self.sql(" or case when ");
+        self.expr_as(&a[0], subject);
+        self.sql(" is null then ");
+        match default {
+            Some(d) => self.failed_or_false(d),
+            None => self.sql("false"),
+        }
+        self.sql(" else ");
+        for pair in &pairs {
+            self.sql("(");
+            self.failed_or_false(&pair[0]);
+            self.sql(" or case when coalesce(");
+            self.expr_as(&a[0], subject);
+            self.sql(" = ");
+            self.expr_as(&pair[0], subject);
+            self.sql(", false) then ");
+            self.failed_or_false(&pair[1]);
+            self.sql(" else ");
+        }
+        match default {
+            Some(d) => self.failed_or_false(d),
+            None => self.sql("false"),
+        }
+        for _ in &pairs {
+            self.sql(" end)");
+        }
+        self.sql(" end)");
+    }
+
+    /// [`Self::failed`] where `e` can fail, `false` where it cannot.
+    fn failed_or_false(&mut self, e: &Expr) {
+        if self.can_fail(e) {
+            self.failed(e);
+        } else {
+            self.sql("false");
+        }
+    }
+
+    /// `(F(a) or F(b) or … or own)` over the parts that can fail.
+    fn any_failed(&mut self, parts: &[&Expr], own: Option<String>) {
+        let mut terms: Vec<String> = Vec::new();
+        for part in parts {
+            if self.can_fail(part) {
+                let term = self.capture(|c| c.failed(part));
+                terms.push(term);
+            }
+        }
+        terms.extend(own);
+        match terms.len() {
+            0 => self.sql("false"),
+            1 => self.sql(&terms[0]),
+            _ => {
+                self.sql("(");
+                self.sql(&terms.join(" or "));
+                self.sql(")");
+            }
+        }
+    }
+
+    /// `(<value of e>) is null`.
+    fn value_is_null(&mut self, e: &Expr) {
+        self.expr(e);
+        self.sql(" is null");
     }
 
     fn binary(&mut self, op: BinaryOp, l: &Expr, r: &Expr) {
@@ -321,7 +714,11 @@ impl SqlCompiler<'_> {
             BinaryOp::Ne => "<>",
             other => other.symbol(),
         };
-        self.sql("coalesce(");
+        // Two sides that are never blank: a NULL is a failure and carries on.
+        let raw = self.strict(l) && self.strict(r);
+        if !raw {
+            self.sql("coalesce(");
+        }
         self.expr_as(l, ty);
         if ty == ValueType::Text {
             self.sql(" collate \"C\"");
@@ -330,8 +727,39 @@ impl SqlCompiler<'_> {
         self.sql(sym);
         self.sql(" ");
         self.expr_as(r, ty);
-        self.sql(", false)");
+        if !raw {
+            self.sql(", false)");
+        }
     }
+}
+
+/// Whether a binary operation can fail by itself (arithmetic out of range, division by zero, a
+/// concatenation past the text limit); comparisons cannot.
+fn op_can_fail(op: BinaryOp) -> bool {
+    matches!(
+        op,
+        BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div | BinaryOp::Concat
+    )
+}
+
+/// Whether a function's own operation can fail.
+fn own_failure(fails: Fails) -> bool {
+    matches!(
+        fails,
+        Fails::WhenNull
+            | Fails::WhenNullWithFirst
+            | Fails::WhenNullWithFirstLoose
+            | Fails::WhenNullWithAny
+    )
+}
+
+/// The type SWITCH compares in: its subject's, or its first typed pattern's when the subject is
+/// always blank.
+pub(crate) fn switch_subject_type(a: &[Expr]) -> ValueType {
+    std::iter::once(&a[0])
+        .chain(a[1..].chunks_exact(2).map(|pair| &pair[0]))
+        .find_map(|x| x.ty)
+        .unwrap_or(ValueType::Text)
 }
 
 #[cfg(test)]

@@ -105,6 +105,25 @@ impl ColumnSql for Projection<'_> {
             _ => out.push_sql(&format!("null::{}", ty.sql_type())),
         }
     }
+
+    fn column_can_fail(&self, name: &str, ty: ValueType) -> bool {
+        ty == ValueType::Text || self.calculated.contains_key(name)
+    }
+
+    fn column_failed(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
+        if let Some(&i) = self.base.get(name) {
+            out.push_sql(&format!(
+                "coalesce(octet_length(b.b{i}) > {}, false)",
+                formula::MAX_TEXT_BYTES
+            ));
+            return;
+        }
+        match self.calculated.get(name) {
+            Some(&(i, own)) if own == ty => out.push_sql(&format!("c{i}.f")),
+            // A column retyped since the formula was checked cannot be read as this type.
+            _ => out.push_sql("true"),
+        }
+    }
 }
 
 /// The calculated columns that can be computed, dependencies first: a column whose formula no
@@ -204,10 +223,11 @@ pub fn page_query(
     }
     for (i, column) in order.iter().enumerate() {
         let mut piece = SqlBuilder::new(out.next_placeholder());
-        formula::compile_sql(&checked[&column.name], &projection, &mut piece);
+        let parts = formula::compile_parts(&checked[&column.name], &projection, &mut piece);
+        let failed = parts.failed.as_deref().unwrap_or("false");
         from.push_str(&format!(
-            " cross join lateral (select {} as v offset 0) c{i}",
-            piece.sql
+            " cross join lateral (select {} as v, {failed} as f offset 0) c{i}",
+            parts.cell()
         ));
         out.params.extend(piece.params);
     }

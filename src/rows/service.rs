@@ -113,7 +113,8 @@ struct RecordRow<'a> {
     columns: &'a HashMap<&'a str, &'a ColumnDef>,
     checked: &'a HashMap<String, Checked>,
     now: chrono::DateTime<Utc>,
-    memo: std::cell::RefCell<HashMap<String, formula::Value>>,
+    /// Each calculated column's cell, and whether its formula failed for this row.
+    memo: std::cell::RefCell<HashMap<String, (formula::Value, bool)>>,
 }
 
 impl formula::Row for RecordRow<'_> {
@@ -122,16 +123,20 @@ impl formula::Row for RecordRow<'_> {
             return formula::Value::Blank;
         };
         if column.kind == "calculated" {
-            if let Some(value) = self.memo.borrow().get(name) {
+            if let Some((value, _)) = self.memo.borrow().get(name) {
                 return value.clone();
             }
-            let value = match self.checked.get(name) {
-                Some(checked) => formula::evaluate(checked, self, self.now),
-                None => formula::Value::Blank,
+            let (value, failed) = match self.checked.get(name) {
+                Some(checked) => {
+                    let (value, warnings) =
+                        formula::evaluate_with_warnings(checked, self, self.now);
+                    (value, !warnings.is_empty())
+                }
+                None => (formula::Value::Blank, false),
             };
             self.memo
                 .borrow_mut()
-                .insert(name.to_owned(), value.clone());
+                .insert(name.to_owned(), (value.clone(), failed));
             return value;
         }
         if column
@@ -148,6 +153,13 @@ impl formula::Row for RecordRow<'_> {
             }
         }
         formula::Value::from_json(value, column.value_type())
+    }
+
+    fn failed(&self, name: &str) -> bool {
+        self.memo
+            .borrow()
+            .get(name)
+            .is_some_and(|(_, failed)| *failed)
     }
 }
 

@@ -54,6 +54,19 @@ const FIXED: &[&str] = &[
     "DATETIME_PARSE(t1)",
     "IS_BEFORE(d1, dt1) & IS_AFTER({Due date}, TODAY()) & (d1 = dt1) & (t1 < t2) & (b1 >= FALSE)",
     "1 / n1 + n2 * 1e300 - -n1",
+    // A failed sub-expression blanks the whole cell; a blank input or a branch not taken does not.
+    "ROUND(n1 / 0, 2)",
+    "SUM(n1 / 0, 1)",
+    "IF(n1 / 0 > 1, 1, 2)",
+    "CONCAT(n1 / 0, 'x')",
+    "COALESCE(VALUE(t1), 0) & IF(n2 = 0, 'z', TEXT(1 / n2))",
+    "AND(b1, n1 / n2 > 1) & OR(b1, LN(n1) > 0) & NOT(SQRT(n2) > 1)",
+    "SWITCH(t1, 'Hello World', SQRT(n1), 'lol', LN(n2), 0)",
+    "UPPER(t1) & DATEADD(d1, n1 * 1e300, 'days')",
+    "ISBLANK(DATETIME_PARSE(t1)) & COALESCE(t2, DATETIME_FORMAT(DATETIME_PARSE(t1)))",
+    "AVERAGE(n1 * 1e300, n2 * 1e300, n1) + MIN(n1 / n2, 3)",
+    "IF(ISBLANK(n2), 0, n1 / n2) + SUM(n1, BLANK())",
+    "REPT(t1, n1 * 1000) & SUBSTITUTE(t1, 'l', REPT('x', 5000))",
 ];
 
 pub async fn formula_differential(pool: PgPool) {

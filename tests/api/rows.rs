@@ -305,17 +305,28 @@ async fn a_chain_of_doubling_formulas_is_linear_and_bounded() {
     .expect("both answer in time");
     assert_eq!(health.status, 200);
     assert_eq!(check.status, 200, "{}", check.text);
-    // The evaluator agrees with SQL: c17 failed, so c30 is built from blanks.
-    assert_eq!(check.body["samples"][0]["value"], "", "{}", check.text);
+    // The evaluator agrees with SQL: c17 failed, so every column built on it failed too.
+    assert_eq!(
+        check.body["samples"][0]["value"],
+        Value::Null,
+        "{}",
+        check.text
+    );
+    assert_eq!(
+        check.body["samples"][0]["warnings"][0], "1:8: column c30 failed for this row",
+        "{}",
+        check.text
+    );
+    assert_eq!(values["c30"], Value::Null);
     let sixteen = g
         .app
         .post(&format!("/api/panels/{}/formulas/check", g.panel))
         .bearer(&g.token)
-        .json(&json!({"formula": "LEN(c16) & '/' & ISBLANK(c17)"}))
+        .json(&json!({"formula": "LEN(c16) & '/' & ISBLANK(c15)"}))
         .send()
         .await;
     assert_eq!(
-        sixteen.body["samples"][0]["value"], "65536/TRUE",
+        sixteen.body["samples"][0]["value"], "65536/FALSE",
         "{}",
         sixteen.text
     );
