@@ -15,9 +15,10 @@ use crate::error::FieldError;
 pub struct LegacyFilter {
     #[schema(example = "status")]
     pub column_name: String,
-    /// `eq`, `neq`, `gt`, `gte`, `lt`, `lte`, `contains`, `in`, `is_empty`, `is_not_empty`, or the
-    /// older names `equals`, `not_equals`, `greater_than`, `greater_than_or_equal`, `less_than`,
-    /// `less_than_or_equal`.
+    /// An operator of the filter tree (`eq`, `neq`, `gt`, `gte`, `lt`, `lte`, `between`,
+    /// `contains`, `not_contains`, `starts_with`, `ends_with`, `in`, `not_in`, `is_empty`,
+    /// `is_not_empty`), or the older names `equals`, `not_equals`, `greater_than`,
+    /// `greater_than_or_equal`, `less_than`, `less_than_or_equal`.
     #[schema(example = "equals")]
     pub operator: String,
     /// The operand: a scalar, an array for `in`, absent for `is_empty`/`is_not_empty`.
@@ -83,8 +84,13 @@ fn legacy_operator(raw: &str) -> Option<Operator> {
         }
         "lt" | "lessthan" => Operator::Lt,
         "lte" | "lessthanorequal" | "lessthanorequals" | "lessthanorequalto" => Operator::Lte,
+        "between" => Operator::Between,
         "contains" => Operator::Contains,
+        "notcontains" | "doesnotcontain" => Operator::NotContains,
+        "startswith" => Operator::StartsWith,
+        "endswith" => Operator::EndsWith,
         "in" => Operator::In,
+        "notin" => Operator::NotIn,
         "isempty" => Operator::IsEmpty,
         "isnotempty" => Operator::IsNotEmpty,
         _ => return None,
@@ -192,7 +198,7 @@ mod tests {
     #[test]
     fn unknown_legacy_operators_are_rejected() {
         let list: LegacyFilters = serde_json::from_value(
-            json!({"filters": [{"columnName": "age", "operator": "between", "value": 1}]}),
+            json!({"filters": [{"columnName": "age", "operator": "resembles", "value": 1}]}),
         )
         .expect("parses");
         assert!(to_tree(list, &|_| Some(FieldKind::Number)).is_err());

@@ -1,6 +1,8 @@
-//! The typed filter tree shared by cohort rules and view filters: conditions on a panel's
-//! columns combined with AND/OR, nested to a fixed depth. Pure: parsing and validation here,
-//! no I/O.
+//! The typed filter tree shared by cohort rules, view filters and ad-hoc row queries: conditions
+//! on a panel's columns combined with AND/OR, nested to a fixed depth. Pure, no I/O: parsing and
+//! validation here; [`resolve`] turns a tree into typed tests for one reader at one moment
+//! (relative dates, `$CURRENT_USER`, the time zone); [`eval`] decides a row in process (the
+//! reference the database's answer is tested against); [`sql`] compiles it for the rows query.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -8,12 +10,21 @@ use utoipa::ToSchema;
 
 use crate::error::FieldError;
 
+pub mod eval;
 pub mod legacy;
+pub mod resolve;
+pub mod sql;
+
+pub use resolve::{Cmp, Operand, Resolved, ResolvedCondition, Resolver, Test};
 
 /// Groups may nest this deep (the root group is depth 1).
 pub const MAX_DEPTH: usize = 4;
 /// At most this many conditions in a whole tree.
 pub const MAX_CONDITIONS: usize = 200;
+/// At most this many values in an `in` / `not_in` list.
+pub const MAX_LIST: usize = 1000;
+/// The value that stands for the reader's e-mail address.
+pub const CURRENT_USER: &str = "$CURRENT_USER";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
 pub enum Logic {
@@ -24,6 +35,8 @@ pub enum Logic {
     OR,
 }
 
+/// What a condition tests. Text matching is case-insensitive; a blank cell fails every test but
+/// `neq`, `not_contains`, `not_in` and `is_empty`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Operator {
@@ -34,8 +47,15 @@ pub enum Operator {
     Gte,
     Lt,
     Lte,
+    /// Both ends included: `"value": [low, high]`.
+    Between,
+    /// Text: a substring; a multiple-choice column: one of its choices.
     Contains,
+    NotContains,
+    StartsWith,
+    EndsWith,
     In,
+    NotIn,
     IsEmpty,
     IsNotEmpty,
 }
@@ -47,8 +67,14 @@ pub struct Condition {
     #[schema(example = "age")]
     pub field: String,
     pub operator: Operator,
-    /// The operand: a scalar, an array for `in`, absent for `is_empty`/`is_not_empty`.
+    /// The operand: a scalar; an array for `in`/`not_in` and `[low, high]` for `between`;
+    /// absent for `is_empty`/`is_not_empty`. Dates are `YYYY-MM-DD` or RFC 3339 datetimes, or a
+    /// relative date `{"relative": "today" | "yesterday" | "tomorrow" | "-7d" | "+2w" | "-3m" |
+    /// "+1y" | "start_of_week" | "end_of_week" | "start_of_month" | "end_of_month" |
+    /// "start_of_year" | "end_of_year"}` evaluated in the request's time zone. `"$CURRENT_USER"`
+    /// is the reader's e-mail address.
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub value: Value,
 }
 
@@ -70,24 +96,79 @@ pub struct FilterGroup {
     pub logic: Logic,
 }
 
-/// The type families a filter distinguishes (the ten column types map onto them).
+/// The type families a filter distinguishes (the ten column types and the five formula result
+/// types map onto them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldKind {
     Text,
     Number,
     Date,
+    DateTime,
     Boolean,
+    /// A multiple-choice column: a list of texts.
     List,
 }
 
 impl FieldKind {
+    /// The kind of a column of this type (a calculated column's type is its formula's result
+    /// type: `text`, `number`, `boolean`, `date` or `datetime`).
     pub fn of_column_type(column_type: &str) -> Self {
         match column_type {
             "number" => Self::Number,
-            "date" | "datetime" => Self::Date,
+            "date" => Self::Date,
+            "datetime" => Self::DateTime,
             "boolean" => Self::Boolean,
             "multi_select" => Self::List,
             _ => Self::Text,
+        }
+    }
+
+    fn is_date(self) -> bool {
+        matches!(self, Self::Date | Self::DateTime)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Number => "number",
+            Self::Date => "date",
+            Self::DateTime => "datetime",
+            Self::Boolean => "boolean",
+            Self::List => "multiple-choice",
+        }
+    }
+}
+
+impl Operator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eq => "eq",
+            Self::Neq => "neq",
+            Self::Gt => "gt",
+            Self::Gte => "gte",
+            Self::Lt => "lt",
+            Self::Lte => "lte",
+            Self::Between => "between",
+            Self::Contains => "contains",
+            Self::NotContains => "not_contains",
+            Self::StartsWith => "starts_with",
+            Self::EndsWith => "ends_with",
+            Self::In => "in",
+            Self::NotIn => "not_in",
+            Self::IsEmpty => "is_empty",
+            Self::IsNotEmpty => "is_not_empty",
+        }
+    }
+
+    /// Whether the operator applies to a column of this kind.
+    pub fn applies_to(self, kind: FieldKind) -> bool {
+        use Operator::*;
+        match self {
+            Eq | Neq | IsEmpty | IsNotEmpty => true,
+            Gt | Gte | Lt | Lte | Between => matches!(kind, FieldKind::Number) || kind.is_date(),
+            Contains | NotContains => matches!(kind, FieldKind::Text | FieldKind::List),
+            StartsWith | EndsWith => kind == FieldKind::Text,
+            In | NotIn => kind != FieldKind::Boolean,
         }
     }
 }
@@ -174,6 +255,14 @@ impl FilterGroup {
             logic: self.logic,
         }
     }
+
+    /// Whether the tree has no condition at all (it matches every row).
+    pub fn is_empty(&self) -> bool {
+        self.conditions.iter().all(|node| match node {
+            FilterNode::Condition(_) => false,
+            FilterNode::Group(g) => g.is_empty(),
+        })
+    }
 }
 
 impl Condition {
@@ -184,55 +273,57 @@ impl Condition {
                 self.field
             ));
         };
-        use Operator::*;
-        let allowed = match self.operator {
-            Eq | Neq | IsEmpty | IsNotEmpty => true,
-            Gt | Gte | Lt | Lte => matches!(kind, FieldKind::Number | FieldKind::Date),
-            Contains => matches!(kind, FieldKind::Text | FieldKind::List),
-            In => kind != FieldKind::Boolean,
-        };
-        if !allowed {
-            return Some(
-                format!(
-                    "operator {:?} does not apply to a {kind:?} column",
-                    self.operator
-                )
-                .to_lowercase(),
-            );
+        if !self.operator.applies_to(kind) {
+            return Some(format!(
+                "operator {} does not apply to a {} column",
+                self.operator.as_str(),
+                kind.name()
+            ));
         }
-        let scalar_ok = |v: &Value| match kind {
-            FieldKind::Number => v.is_number(),
-            FieldKind::Boolean => v.is_boolean(),
-            FieldKind::Date => v.as_str().is_some_and(is_date),
-            FieldKind::Text | FieldKind::List => v.is_string() || v.is_number(),
-        };
+        use Operator::*;
+        let fits = |v: &Value| operand_fits(kind, v);
         match self.operator {
             IsEmpty | IsNotEmpty => None,
-            In => match &self.value {
+            In | NotIn => match &self.value {
                 Value::Array(items)
-                    if !items.is_empty() && items.len() <= 1000 && items.iter().all(scalar_ok) =>
+                    if !items.is_empty() && items.len() <= MAX_LIST && items.iter().all(fits) =>
                 {
                     None
                 }
-                _ => Some(
-                    "value must be a non-empty array (at most 1000) of values of the column's type"
-                        .to_owned(),
-                ),
+                _ => Some(format!(
+                    "value must be a non-empty array (at most {MAX_LIST}) of {} values",
+                    kind.name()
+                )),
             },
-            Contains => self
-                .value
-                .is_string()
-                .then_some(())
-                .map_or(Some("value must be text".to_owned()), |_| None),
-            _ if scalar_ok(&self.value) => None,
-            _ => Some(format!("value does not suit a {kind:?} column",).to_lowercase()),
+            Between => match &self.value {
+                Value::Array(items) if items.len() == 2 && items.iter().all(fits) => None,
+                _ => Some(format!(
+                    "value must be [low, high]: two {} values",
+                    kind.name()
+                )),
+            },
+            Contains | NotContains | StartsWith | EndsWith => match &self.value {
+                Value::String(_) => None,
+                _ => Some("value must be text".to_owned()),
+            },
+            _ if fits(&self.value) => None,
+            _ => Some(format!("value does not suit a {} column", kind.name())),
         }
     }
 }
 
-fn is_date(s: &str) -> bool {
-    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
-        || chrono::DateTime::parse_from_rfc3339(s).is_ok()
+/// Whether a scalar operand suits a column of this kind.
+fn operand_fits(kind: FieldKind, v: &Value) -> bool {
+    match kind {
+        FieldKind::Number => v.is_number(),
+        FieldKind::Boolean => v.is_boolean(),
+        FieldKind::Date | FieldKind::DateTime => match v {
+            Value::String(s) => resolve::parse_date_operand(s).is_some(),
+            Value::Object(_) => resolve::relative_of(v).is_some(),
+            _ => false,
+        },
+        FieldKind::Text | FieldKind::List => v.is_string() || v.is_number(),
+    }
 }
 
 #[cfg(test)]
@@ -245,7 +336,9 @@ mod tests {
             "age" => Some(FieldKind::Number),
             "name" => Some(FieldKind::Text),
             "seen" => Some(FieldKind::Date),
+            "at" => Some(FieldKind::DateTime),
             "active" => Some(FieldKind::Boolean),
+            "tags" => Some(FieldKind::List),
             _ => None,
         }
     }
@@ -274,25 +367,47 @@ mod tests {
     }
 
     #[test]
+    fn the_new_operators_and_operands_validate() {
+        let tree = parse(json!({"conditions": [
+            {"field": "name", "operator": "not_contains", "value": "x"},
+            {"field": "name", "operator": "starts_with", "value": "A"},
+            {"field": "name", "operator": "ends_with", "value": "z"},
+            {"field": "name", "operator": "eq", "value": "$CURRENT_USER"},
+            {"field": "age", "operator": "not_in", "value": [1, 2]},
+            {"field": "age", "operator": "between", "value": [18, 65]},
+            {"field": "seen", "operator": "gte", "value": {"relative": "-7d"}},
+            {"field": "at", "operator": "between", "value": [{"relative": "start_of_month"}, "2026-12-31T23:00:00Z"]},
+            {"field": "tags", "operator": "contains", "value": "vip"},
+            {"field": "tags", "operator": "not_in", "value": ["a"]}
+        ]}));
+        assert_eq!(tree.validate("f", &kinds), Vec::<FieldError>::new());
+    }
+
+    #[test]
     fn problems_are_named_by_path() {
         let tree = parse(json!({"conditions": [
             {"field": "nope", "operator": "eq", "value": 1},
             {"field": "active", "operator": "gt", "value": 1},
             {"field": "age", "operator": "eq", "value": "ten"},
-            {"field": "age", "operator": "in", "value": []}
+            {"field": "age", "operator": "in", "value": []},
+            {"field": "age", "operator": "between", "value": [1]},
+            {"field": "seen", "operator": "eq", "value": {"relative": "next tuesday"}},
+            {"field": "tags", "operator": "starts_with", "value": "a"},
+            {"field": "age", "operator": "contains", "value": "1"}
         ]}));
         let errors = tree.validate("cohortRule", &kinds);
         let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            vec![
-                "cohortRule.conditions[0]",
-                "cohortRule.conditions[1]",
-                "cohortRule.conditions[2]",
-                "cohortRule.conditions[3]"
-            ]
+            (0..8)
+                .map(|i| format!("cohortRule.conditions[{i}]"))
+                .collect::<Vec<_>>()
         );
         assert!(errors[0].message.contains("not a column"));
+        assert_eq!(
+            errors[7].message,
+            "operator contains does not apply to a number column"
+        );
     }
 
     #[test]
@@ -313,5 +428,7 @@ mod tests {
             {"field": "name", "operator": "eq", "value": "x"}
         ]}));
         assert_eq!(tree.without_field("age").fields(), vec!["name"]);
+        assert!(!tree.is_empty());
+        assert!(parse(json!({"conditions": [{"conditions": []}]})).is_empty());
     }
 }

@@ -32,6 +32,23 @@ pub enum SqlParam {
     Text(String),
     Number(f64),
     Bool(bool),
+    Date(chrono::NaiveDate),
+    Instant(chrono::DateTime<chrono::Utc>),
+}
+
+impl SqlParam {
+    /// Adds the value to a statement's arguments, in placeholder order.
+    pub fn bind(self, args: &mut sqlx::postgres::PgArguments) {
+        use sqlx::Arguments;
+        // Encoding these plain values cannot fail.
+        let _ = match self {
+            SqlParam::Text(t) => args.add(t),
+            SqlParam::Number(n) => args.add(n),
+            SqlParam::Bool(b) => args.add(b),
+            SqlParam::Date(d) => args.add(d),
+            SqlParam::Instant(t) => args.add(t),
+        };
+    }
 }
 
 impl SqlParam {
@@ -74,6 +91,8 @@ impl SqlBuilder {
             SqlParam::Text(_) => "text",
             SqlParam::Number(_) => "float8",
             SqlParam::Bool(_) => "boolean",
+            SqlParam::Date(_) => "date",
+            SqlParam::Instant(_) => "timestamptz",
         };
         let index = match self.params.iter().position(|q| q.same(&p)) {
             Some(i) => i,

@@ -183,13 +183,17 @@ pub async fn delete_panel(
     Ok(done.rows_affected() == 1)
 }
 
-/// Name and type of every column of the panel (for validating filter trees).
+/// Name and type of every column of the panel (for validating filter trees); a calculated
+/// column's type is its formula's result type.
 pub async fn column_types(
     conn: &mut PgConnection,
     tenant: &TenantId,
     panel_id: PanelId,
 ) -> sqlx::Result<Vec<(String, String)>> {
-    sqlx::query_as("select name, type from panel_column where tenant_id = $1 and panel_id = $2")
+    sqlx::query_as(
+        "select name, case when kind = 'calculated' and result_type is not null then result_type else type end
+         from panel_column where tenant_id = $1 and panel_id = $2",
+    )
         .bind(tenant.as_str())
         .bind(panel_id)
         .fetch_all(conn)

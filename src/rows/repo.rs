@@ -278,11 +278,7 @@ pub fn page_query(
     let _ = args.add(page.after);
     let _ = args.add(page.limit + 1);
     for param in out.params {
-        let _ = match param {
-            SqlParam::Text(t) => args.add(t),
-            SqlParam::Number(n) => args.add(n),
-            SqlParam::Bool(b) => args.add(b),
-        };
+        param.bind(&mut args);
     }
     (sql, args)
 }

@@ -292,6 +292,7 @@ pub async fn insert_sorts(
 pub struct PanelColumn {
     pub id: ColumnId,
     pub name: String,
+    /// The column's type; a calculated column's is its formula's result type.
     #[sqlx(rename = "type")]
     pub column_type: String,
 }
@@ -301,7 +302,10 @@ pub async fn panel_columns(
     tenant: &TenantId,
     panel_id: PanelId,
 ) -> sqlx::Result<Vec<PanelColumn>> {
-    sqlx::query_as("select id, name, type from panel_column where tenant_id = $1 and panel_id = $2")
+    sqlx::query_as(
+        "select id, name, case when kind = 'calculated' and result_type is not null then result_type else type end as type
+         from panel_column where tenant_id = $1 and panel_id = $2",
+    )
         .bind(tenant.as_str())
         .bind(panel_id)
         .fetch_all(conn)

@@ -229,6 +229,8 @@ async fn check_case(
             SqlParam::Text(s) => query.bind(s.clone()),
             SqlParam::Number(n) => query.bind(*n),
             SqlParam::Bool(b) => query.bind(*b),
+            SqlParam::Date(d) => query.bind(*d),
+            SqlParam::Instant(t) => query.bind(*t),
         };
     }
     let context = || format!("formula: {source}\nrow: {row}\nsql: {sql}");

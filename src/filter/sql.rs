@@ -1,0 +1,262 @@
+//! Compiles a resolved filter tree to one SQL boolean (never NULL), with every operand a bound
+//! parameter. The caller says how each field reads ([`FieldSql`]); the semantics are those of
+//! [`super::eval`], which the rows tests hold the two to.
+
+use super::FieldKind;
+use super::resolve::{Cmp, Operand, Resolved, Test};
+use crate::formula::{SqlBuilder, SqlParam};
+
+/// How a field reads in SQL: trusted text whose parameters are already bound in the builder.
+#[derive(Debug, Clone)]
+pub struct FieldSql {
+    pub kind: FieldKind,
+    /// The typed value (`text`, `float8`, `boolean`, `date`, `timestamptz`); for a
+    /// multiple-choice field, a `text[]` of its choices in lower case (empty, never NULL, for a
+    /// blank cell).
+    pub sql: String,
+}
+
+/// Appends the tree as a boolean expression that is never NULL.
+pub fn compile(
+    tree: &Resolved,
+    field: &dyn Fn(&str) -> Option<FieldSql>,
+    out: &mut SqlBuilder,
+) -> Result<(), String> {
+    match tree {
+        Resolved::All(nodes) | Resolved::Any(nodes) if nodes.is_empty() => {
+            out.push_sql(if matches!(tree, Resolved::All(_)) {
+                "true"
+            } else {
+                "false"
+            });
+        }
+        Resolved::All(nodes) | Resolved::Any(nodes) => {
+            let glue = if matches!(tree, Resolved::All(_)) {
+                " and "
+            } else {
+                " or "
+            };
+            out.push_sql("(");
+            for (i, node) in nodes.iter().enumerate() {
+                if i > 0 {
+                    out.push_sql(glue);
+                }
+                compile(node, field, out)?;
+            }
+            out.push_sql(")");
+        }
+        Resolved::Condition(c) => {
+            let f = field(&c.field).ok_or_else(|| format!("unknown field {:?}", c.field))?;
+            out.push_sql("(");
+            condition(&f, &c.test, out);
+            out.push_sql(")");
+        }
+    }
+    Ok(())
+}
+
+fn param(op: &Operand) -> Option<SqlParam> {
+    Some(match op {
+        Operand::Text(s) => SqlParam::Text(s.clone()),
+        Operand::Number(n) => SqlParam::Number(*n),
+        Operand::Bool(b) => SqlParam::Bool(*b),
+        Operand::Date(d) => SqlParam::Date(*d),
+        Operand::Instant(t) => SqlParam::Instant(*t),
+        Operand::Day(..) | Operand::Nobody => return None,
+    })
+}
+
+/// `panels_lower($n::text)`: operands are lowered by the same function as the cells.
+fn lowered(out: &mut SqlBuilder, s: &str) {
+    out.push_sql("panels_lower(");
+    out.push_param(SqlParam::Text(s.to_owned()));
+    out.push_sql(")");
+}
+
+fn condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
+    match test {
+        Test::NotEquals(op) => {
+            out.push_sql("not ");
+            condition(f, &Test::Equals(op.clone()), out);
+        }
+        Test::NotIn(ops) => {
+            out.push_sql("not ");
+            condition(f, &Test::In(ops.clone()), out);
+        }
+        Test::NotContains(s) => {
+            out.push_sql("not ");
+            condition(f, &Test::Contains(s.clone()), out);
+        }
+        Test::Empty => match f.kind {
+            FieldKind::Text => out.push_sql(&format!("coalesce({}, '') = ''", f.sql)),
+            FieldKind::List => out.push_sql(&format!("cardinality({}) = 0", f.sql)),
+            _ => out.push_sql(&format!("{} is null", f.sql)),
+        },
+        Test::NotEmpty => {
+            out.push_sql("not ");
+            condition(f, &Test::Empty, out);
+        }
+        _ if f.kind == FieldKind::List => list_condition(f, test, out),
+        Test::Equals(op) => equals(f, op, out),
+        Test::In(ops) => {
+            out.push_sql("(false");
+            for op in ops.iter().filter(|op| **op != Operand::Nobody) {
+                out.push_sql(" or ");
+                equals(f, op, out);
+            }
+            out.push_sql(")");
+        }
+        Test::Compare(cmp, op) => compare(f, *cmp, op, out),
+        Test::Between(low, high) => {
+            compare(f, Cmp::Gte, low, out);
+            out.push_sql(" and ");
+            compare(f, Cmp::Lte, high, out);
+        }
+        Test::Contains(s) => {
+            out.push_sql(&format!("coalesce(strpos(panels_lower({}), ", f.sql));
+            lowered(out, s);
+            out.push_sql(") > 0, false)");
+        }
+        Test::StartsWith(s) => {
+            out.push_sql(&format!("coalesce(starts_with(panels_lower({}), ", f.sql));
+            lowered(out, s);
+            out.push_sql("), false)");
+        }
+        Test::EndsWith(s) => {
+            out.push_sql(&format!(
+                "coalesce(panels_ends_with(panels_lower({}), ",
+                f.sql
+            ));
+            lowered(out, s);
+            out.push_sql("), false)");
+        }
+    }
+}
+
+/// A multiple-choice field: `eq` compares its choices joined by ", ", `in` (and `contains`)
+/// asks for a choice among the operands.
+fn list_condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
+    match test {
+        Test::Equals(Operand::Text(s)) => {
+            out.push_sql(&format!("array_to_string({}, ', ') = ", f.sql));
+            lowered(out, s);
+        }
+        Test::In(ops) => {
+            let texts: Vec<&str> = ops
+                .iter()
+                .filter_map(|op| match op {
+                    Operand::Text(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect();
+            if texts.is_empty() {
+                out.push_sql("false");
+                return;
+            }
+            out.push_sql(&format!("{} && array[", f.sql));
+            for (i, s) in texts.iter().enumerate() {
+                if i > 0 {
+                    out.push_sql(", ");
+                }
+                lowered(out, s);
+            }
+            out.push_sql("]");
+        }
+        _ => out.push_sql("false"),
+    }
+}
+
+fn equals(f: &FieldSql, op: &Operand, out: &mut SqlBuilder) {
+    match (f.kind, op) {
+        (_, Operand::Nobody) => out.push_sql("false"),
+        (FieldKind::Text, Operand::Text(s)) => {
+            out.push_sql(&format!("coalesce(panels_lower({}) = ", f.sql));
+            lowered(out, s);
+            out.push_sql(", false)");
+        }
+        (FieldKind::DateTime, Operand::Day(..)) => {
+            compare(f, Cmp::Gte, op, out);
+            out.push_sql(" and ");
+            compare(f, Cmp::Lte, op, out);
+        }
+        (_, op) => match param(op) {
+            Some(p) => {
+                out.push_sql(&format!("coalesce({} = ", f.sql));
+                out.push_param(p);
+                out.push_sql(", false)");
+            }
+            None => out.push_sql("false"),
+        },
+    }
+}
+
+fn compare(f: &FieldSql, cmp: Cmp, op: &Operand, out: &mut SqlBuilder) {
+    let (symbol, bound) = match (cmp, op) {
+        // A local day: after it means from its end on, before it means before its start.
+        (Cmp::Gt, Operand::Day(_, end)) => (">=", SqlParam::Instant(*end)),
+        (Cmp::Gte, Operand::Day(start, _)) => (">=", SqlParam::Instant(*start)),
+        (Cmp::Lt, Operand::Day(start, _)) => ("<", SqlParam::Instant(*start)),
+        (Cmp::Lte, Operand::Day(_, end)) => ("<", SqlParam::Instant(*end)),
+        (cmp, op) => {
+            let Some(p) = param(op) else {
+                out.push_sql("false");
+                return;
+            };
+            let symbol = match cmp {
+                Cmp::Gt => ">",
+                Cmp::Gte => ">=",
+                Cmp::Lt => "<",
+                Cmp::Lte => "<=",
+            };
+            (symbol, p)
+        }
+    };
+    out.push_sql(&format!("coalesce({} {symbol} ", f.sql));
+    out.push_param(bound);
+    out.push_sql(", false)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::ResolvedCondition;
+
+    #[test]
+    fn operands_travel_as_parameters_and_the_result_is_never_null() {
+        let tree = Resolved::Any(vec![
+            Resolved::Condition(ResolvedCondition {
+                field: "name".into(),
+                kind: FieldKind::Text,
+                test: Test::Equals(Operand::Text("x'); drop table t; --".into())),
+            }),
+            Resolved::Condition(ResolvedCondition {
+                field: "age".into(),
+                kind: FieldKind::Number,
+                test: Test::NotIn(vec![Operand::Number(1.0), Operand::Number(2.0)]),
+            }),
+        ]);
+        let fields = |name: &str| {
+            Some(match name {
+                "name" => FieldSql {
+                    kind: FieldKind::Text,
+                    sql: "c.name".into(),
+                },
+                _ => FieldSql {
+                    kind: FieldKind::Number,
+                    sql: "c.age".into(),
+                },
+            })
+        };
+        let mut out = SqlBuilder::new(3);
+        compile(&tree, &fields, &mut out).expect("compiles");
+        assert!(!out.sql.contains("drop"), "{}", out.sql);
+        assert_eq!(
+            out.sql,
+            "((coalesce(panels_lower(c.name) = panels_lower($3::text), false)) or (not (false or coalesce(c.age = $4::float8, false) or coalesce(c.age = $5::float8, false))))"
+        );
+        assert_eq!(out.params.len(), 3);
+        let mut empty = SqlBuilder::new(1);
+        compile(&Resolved::Any(vec![]), &fields, &mut empty).expect("compiles");
+        assert_eq!(empty.sql, "false");
+    }
+}
