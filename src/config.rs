@@ -141,6 +141,12 @@ pub struct Config {
     pub upload_timeout: Duration,
     /// Absolute lifetime of a login's refresh tokens: rotation never extends it.
     pub jwt_refresh_max_age: Duration,
+    /// How long a statement of a row query may run before it is cancelled (503 `QUERY_TIMEOUT`).
+    pub query_timeout: Duration,
+    /// How long an export may run (its statement and its whole response).
+    pub export_timeout: Duration,
+    /// Exports streaming at once from this process (each holds a database connection).
+    pub export_concurrency: usize,
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -254,6 +260,19 @@ impl Config {
         if sync_wait >= request_timeout {
             return Err(ConfigError {
                 name: "SYNC_WAIT_MS",
+                reason: "must be shorter than REQUEST_TIMEOUT_MS".to_owned(),
+            });
+        }
+
+        // A row query is cancelled before the request's own deadline, so the client reads why.
+        let default_query = request_timeout
+            .as_millis()
+            .saturating_sub(500)
+            .clamp(1, 5_000) as u64;
+        let query_timeout = millis(&get, "QUERY_TIMEOUT_MS", default_query, 1, 600_000)?;
+        if query_timeout >= request_timeout {
+            return Err(ConfigError {
+                name: "QUERY_TIMEOUT_MS",
                 reason: "must be shorter than REQUEST_TIMEOUT_MS".to_owned(),
             });
         }
@@ -443,6 +462,9 @@ impl Config {
             )?,
             trusted_proxies,
             upload_timeout: millis(&get, "UPLOAD_TIMEOUT_MS", 600_000, 1_000, 86_400_000)?,
+            query_timeout,
+            export_timeout: millis(&get, "EXPORT_TIMEOUT_MS", 600_000, 1_000, 86_400_000)?,
+            export_concurrency: ranged(&get, "EXPORT_CONCURRENCY", 2usize, 1, 64)?,
         })
     }
 

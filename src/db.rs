@@ -180,6 +180,26 @@ impl Db {
         tx
     }
 
+    /// Begins a read-only transaction bound to `tenant` that sees one snapshot for all its
+    /// statements (a page and its count agree) and cancels a statement running past `timeout`,
+    /// in one round trip.
+    pub async fn begin_read(
+        &self,
+        tenant: &TenantId,
+        timeout: Duration,
+    ) -> Result<Tx, sqlx::Error> {
+        // As in `begin`: the tenant's alphabet cannot leave the literal; the timeout is a number.
+        let sql = format!(
+            "begin isolation level repeatable read read only; select set_config('app.tenant', '{}', true), set_config('statement_timeout', '{}', true)",
+            tenant.as_str(),
+            timeout.as_millis().max(1)
+        );
+        self.waiting.inc();
+        let tx = self.pool.begin_with(AssertSqlSafe(sql)).await;
+        self.waiting.dec();
+        tx
+    }
+
     /// A connection outside any transaction and bound to no tenant: row-level security shows it
     /// nothing until a statement binds one (the one-round-trip read functions do).
     pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, sqlx::Error> {

@@ -76,6 +76,15 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         auth,
         crypto: Arc::new(crypto),
         metrics,
+        cursor_key: match &config.jwt_secret {
+            Some(secret) => {
+                use secrecy::ExposeSecret;
+                rows::cursor::CursorKey::derive(secret.expose_secret().as_bytes())
+            }
+            None => rows::cursor::CursorKey::random(),
+        },
+        clock: state::Clock::default(),
+        exports: Arc::new(tokio::sync::Semaphore::new(config.export_concurrency)),
         config: Arc::new(config),
     }))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::db::Db;
 use axum::extract::FromRef;
+use chrono::{DateTime, Utc};
 
 use crate::auth::AuthKeys;
 use crate::cache::Cache;
@@ -20,6 +21,13 @@ pub struct AppState(Arc<Shared>);
 impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
+    }
+
+    /// The same state with its clock stopped at `at`.
+    pub fn with_clock(&self, at: DateTime<Utc>) -> Self {
+        let mut shared = (*self.0).clone();
+        shared.clock = Clock::fixed(at);
+        Self::new(shared)
     }
 
     /// The same state under another configuration (tests put a short timeout behind the layers
@@ -54,6 +62,26 @@ pub struct Shared {
     pub creates: crate::panels::batch::CreateBatcher,
     /// The cipher of secrets inside data-source configs.
     pub crypto: Arc<crate::datasources::crypto::Crypto>,
+    /// Exports streaming at once (`EXPORT_CONCURRENCY`): each holds a database connection.
+    pub exports: Arc<tokio::sync::Semaphore>,
+    /// Signs the cursors of row pages.
+    pub cursor_key: crate::rows::cursor::CursorKey,
+    /// What time it is (relative dates in filters, NOW() in the rows a query shows).
+    pub clock: Clock,
+}
+
+/// The time: the system's clock, or a fixed moment (tests of relative dates).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock(Option<DateTime<Utc>>);
+
+impl Clock {
+    pub fn fixed(at: DateTime<Utc>) -> Self {
+        Self(Some(at))
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.0.unwrap_or_else(Utc::now)
+    }
 }
 
 impl FromRef<AppState> for Metrics {

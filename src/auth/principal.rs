@@ -109,4 +109,4 @@ pub fn check_scope(parts: &Parts, principal: &Principal) -> Result<(), ApiError>
 }
 
 /// POST routes that change nothing (a dry run, a query): open to read-only keys.
-const READ_ONLY_POSTS: &[&str] = &["/panels/{id}/formulas/check"];
+const READ_ONLY_POSTS: &[&str] = &["/panels/{id}/formulas/check", "/panels/{id}/rows/query"];

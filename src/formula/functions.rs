@@ -1158,7 +1158,7 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         fails: Fails::Never,
         signature: "NOW()",
         example: "DATEDIFF(NOW(), created, \"hours\")",
-        sql: |c, _, _| c.sql("now()"),
+        sql: |c, _, _| c.now(),
         eval: |ev, _, _| Value::DateTime(ev.now),
     },
     Function {
@@ -1171,7 +1171,11 @@ pub(crate) static FUNCTIONS: &[Function] = &[
         signature: "TODAY()",
         example: "DATEDIFF(TODAY(), birthday, \"years\")",
         // The UTC date, whatever the session time zone (current_date would use the session's).
-        sql: |c, _, _| c.sql("(now() at time zone 'UTC')::date"),
+        sql: |c, _, _| {
+            c.sql("(");
+            c.now();
+            c.sql(" at time zone 'UTC')::date");
+        },
         eval: |ev, _, _| Value::Date(ev.now.date_naive()),
     },
     Function {

@@ -129,11 +129,16 @@ impl Value {
         }
     }
 
-    /// JSON for API responses: dates as `YYYY-MM-DD`, datetimes as RFC 3339 in UTC.
+    /// JSON for API responses: whole numbers as integers, dates as `YYYY-MM-DD`, datetimes as
+    /// RFC 3339 in UTC.
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Blank => serde_json::Value::Null,
             Value::Text(s) => serde_json::Value::String(s.clone()),
+            // A whole number reads as one (`36`, not `36.0`), as PostgreSQL writes it.
+            Value::Number(n) if n.fract() == 0.0 && n.abs() < 9_007_199_254_740_992.0 => {
+                serde_json::Value::from(*n as i64)
+            }
             Value::Number(n) => serde_json::Number::from_f64(*n)
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
@@ -143,6 +148,12 @@ impl Value {
                 serde_json::Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
             }
         }
+    }
+
+    /// The value as text, as TEXT() writes it (numbers in their shortest form, dates
+    /// `YYYY-MM-DD`, datetimes RFC 3339 in UTC, booleans `TRUE`/`FALSE`); blank is `None`.
+    pub fn text(&self) -> Option<String> {
+        eval::to_text(self)
     }
 
     /// Reads a source value (one field of a row's JSON) as a value of `ty`. This mirrors the

@@ -34,6 +34,7 @@ pub enum SqlParam {
     Bool(bool),
     Date(chrono::NaiveDate),
     Instant(chrono::DateTime<chrono::Utc>),
+    Int(i64),
 }
 
 impl SqlParam {
@@ -47,6 +48,7 @@ impl SqlParam {
             SqlParam::Bool(b) => args.add(b),
             SqlParam::Date(d) => args.add(d),
             SqlParam::Instant(t) => args.add(t),
+            SqlParam::Int(n) => args.add(n),
         };
     }
 }
@@ -93,6 +95,7 @@ impl SqlBuilder {
             SqlParam::Bool(_) => "boolean",
             SqlParam::Date(_) => "date",
             SqlParam::Instant(_) => "timestamptz",
+            SqlParam::Int(_) => "bigint",
         };
         let index = match self.params.iter().position(|q| q.same(&p)) {
             Some(i) => i,
@@ -145,6 +148,12 @@ pub trait ColumnSql {
     /// formula is never blank, see [`SqlCompiler::strict`]); base columns can be blank.
     fn column_strict(&self, _name: &str, _ty: ValueType) -> bool {
         false
+    }
+
+    /// The `timestamptz` that NOW() and TODAY() read: the database's clock unless the caller
+    /// binds its own (so a query and the values shown beside it agree on the moment).
+    fn now(&self, out: &mut SqlBuilder) {
+        out.push_sql("now()");
     }
 }
 
@@ -316,6 +325,11 @@ impl SqlCompiler<'_> {
 
     pub fn param(&mut self, p: SqlParam) {
         self.out.push_param(p);
+    }
+
+    /// The moment NOW() reads (see [`ColumnSql::now`]).
+    pub fn now(&mut self) {
+        self.columns.now(self.out);
     }
 
     /// Runs `emit` and returns the text it wrote instead of keeping it in the output.

@@ -23,6 +23,14 @@ pub struct PanelRow {
     pub updated_at: DateTime<Utc>,
 }
 
+impl PanelRow {
+    /// The cohort rule; a rule stored by an older version that no longer parses reads as
+    /// "every row".
+    pub fn cohort(&self) -> FilterGroup {
+        serde_json::from_value(self.cohort_rule.clone()).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PanelResponse {
@@ -42,14 +50,14 @@ pub struct PanelResponse {
 
 impl From<PanelRow> for PanelResponse {
     fn from(row: PanelRow) -> Self {
+        let cohort_rule = row.cohort();
         Self {
             id: row.id,
             name: row.name,
             description: row.description,
             tenant_id: row.tenant_id,
             user_id: row.user_id,
-            // A rule stored by an older version that no longer parses reads as "everything".
-            cohort_rule: serde_json::from_value(row.cohort_rule).unwrap_or_default(),
+            cohort_rule,
             created_at: row.created_at,
             updated_at: row.updated_at,
             metadata: match row.metadata {

@@ -33,6 +33,8 @@ pub fn not_found() -> ApiError {
 pub enum Access {
     /// See it and everything in it (viewer).
     Read,
+    /// See every row, past the cohort rule (editor; a read, so read-only keys may).
+    ReadAll,
     /// Change its structure: columns, data sources, cohort (editor, and the builder role).
     Build,
     /// Delete it or share it (owner).
@@ -76,11 +78,14 @@ fn check_access(
     };
     let needed = match access {
         Access::Read => Permission::Viewer,
-        Access::Build => Permission::Editor,
+        Access::ReadAll | Access::Build => Permission::Editor,
         Access::Own => Permission::Owner,
     };
     acl::require(held, needed, not_found())?;
-    if access != Access::Read && !principal.can_write() {
+    if matches!(access, Access::Read | Access::ReadAll) {
+        return Ok(panel);
+    }
+    if !principal.can_write() {
         return Err(ApiError::forbidden("This API key is read-only"));
     }
     if access == Access::Build && !principal.is_builder() {

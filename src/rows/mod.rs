@@ -1,8 +1,16 @@
-//! A panel's rows: the records its data sources brought in, projected through its base columns
-//! (each reads its `sourceField` and coerces to the column's type) and calculated columns (their
-//! formulas compiled to SQL), one keyset-paginated query per page; and the formula dry run.
+//! A panel's rows: the worklist engine. Which rows (the panel's cohort rule AND a view's or a
+//! query's filter tree AND a search), in which order (sort keys on base and calculated columns,
+//! then the row id), from where (a signed keyset cursor), how many (exact or estimated), and each
+//! row's shown values; also exports of a view's rows and the formula dry run.
+//!
+//! `query.rs` compiles a request to SQL (pure), `cursor.rs` signs and reads cursors, `project.rs`
+//! computes the shown values in process, `export.rs` writes CSV and NDJSON.
 
+pub mod cursor;
+pub mod export;
 pub mod model;
+pub mod project;
+pub mod query;
 pub mod repo;
 pub mod routes;
 pub mod service;

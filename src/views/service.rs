@@ -52,6 +52,19 @@ async fn authorize(
     Ok(view)
 }
 
+/// A view the caller may read, and its sorts in order: what its rows are listed by. A private
+/// view answers its owner and those it is shared with; a published one everyone in the tenant
+/// (the rows also ask for the panel).
+pub async fn for_rows(
+    tx: &mut Tx,
+    principal: &Principal,
+    id: ViewId,
+) -> Result<(ViewRow, Vec<SortRow>)> {
+    let view = authorize(tx, principal, id, Permission::Viewer).await?;
+    let sorts = repo::sorts_of(tx, &principal.tenant, &[id]).await?;
+    Ok((view, sorts))
+}
+
 /// Checks `visibleColumns` against the panel's columns; answers the ids as strings, first
 /// occurrence kept when an id repeats.
 fn check_visible_columns(requested: &[Value], columns: &[PanelColumn]) -> Result<Vec<String>> {

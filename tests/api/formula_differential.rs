@@ -231,6 +231,7 @@ async fn check_case(
             SqlParam::Bool(b) => query.bind(*b),
             SqlParam::Date(d) => query.bind(*d),
             SqlParam::Instant(t) => query.bind(*t),
+            SqlParam::Int(n) => query.bind(*n),
         };
     }
     let context = || format!("formula: {source}\nrow: {row}\nsql: {sql}");
