@@ -23,3 +23,31 @@ begin
     end if;
     return panels_div(s, n);
 end $$;
+
+-- A multiple-choice field as filters read it: its choices in lower case (an array's items that
+-- are text, numbers or booleans; a lone value is a list of one), never NULL. Mirrors
+-- `filter::eval::Cell::list_from_json` with Unicode lower case (ICU's root locale, as Rust's).
+create or replace function panels_jsonb_list(v jsonb) returns text[]
+language plpgsql immutable parallel safe as $$
+declare
+    items text[] := '{}';
+    item jsonb;
+begin
+    case jsonb_typeof(v)
+        when 'array' then
+            for i in 0 .. jsonb_array_length(v) - 1 loop
+                item := v -> i;
+                if jsonb_typeof(item) in ('string', 'number', 'boolean') then
+                    items := items || panels_lower(item #>> '{}');
+                end if;
+            end loop;
+        when 'string', 'number', 'boolean' then
+            items := array[panels_lower(v #>> '{}')];
+        else
+            null;
+    end case;
+    return items;
+end $$;
+
+grant execute on function panels_jsonb_list(jsonb) to panels_app, panels_auth, panels_worker;
+revoke all on function panels_jsonb_list(jsonb) from public;

@@ -209,6 +209,9 @@ def server_environment(secret: str, database_url: str) -> tuple[dict[str, str], 
         "HOST": "127.0.0.1",
         "PORT": str(PORT),
         "DATABASE_URL": database_url,
+        # The login role scripts/bench made (a member of panels_app only): production refuses to
+        # serve requests on the owner connection.
+        "DATABASE_APP_URL": os.environ.get("BENCH_APP_URL", ""),
         "DATABASE_MAX_CONNECTIONS": str(POOL),
         "JWT_SECRET": secret,
         "ENCRYPTION_KEY": secrets.token_hex(32),

@@ -1,6 +1,11 @@
-//! Compiles a resolved filter tree to one SQL boolean (never NULL), with every operand a bound
-//! parameter. The caller says how each field reads ([`FieldSql`]); the semantics are those of
+//! Compiles a resolved filter tree to one SQL condition, with every operand a bound parameter.
+//! The caller says how each field reads ([`FieldSql`]); the semantics are those of
 //! [`super::eval`], which the rows tests hold the two to.
+//!
+//! The condition is true for the rows that pass and false or NULL for the others, as a `where`
+//! clause reads it: a positive test is written plainly (`x > $1`, `x = any(…)`), so the planner can
+//! use an index on `x`; a negative one says what an empty cell does (`x is null or x <> $1`). No
+//! group is ever negated, so a NULL never turns into a pass.
 
 use super::FieldKind;
 use super::resolve::{Cmp, Operand, Resolved, Test};
@@ -16,7 +21,7 @@ pub struct FieldSql {
     pub sql: String,
 }
 
-/// Appends the tree as a boolean expression that is never NULL.
+/// Appends the tree as a condition (see the module's documentation).
 pub fn compile(
     tree: &Resolved,
     field: &dyn Fn(&str) -> Option<FieldSql>,
@@ -73,94 +78,144 @@ fn lowered(out: &mut SqlBuilder, s: &str) {
     out.push_sql(")");
 }
 
+/// The operands that can equal something (`$CURRENT_USER` without an e-mail equals nothing).
+fn real(ops: &[Operand]) -> Vec<&Operand> {
+    ops.iter().filter(|op| **op != Operand::Nobody).collect()
+}
+
+/// `(<value> is null or not (<test>))`: a negative test, which an empty cell passes.
+fn negated(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
+    out.push_sql(&format!("({} is null or not (", f.sql));
+    condition(f, test, out);
+    out.push_sql("))");
+}
+
 fn condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
     match test {
-        Test::NotEquals(op) => {
-            out.push_sql("not ");
-            condition(f, &Test::Equals(op.clone()), out);
-        }
-        Test::NotIn(ops) => {
-            out.push_sql("not ");
-            condition(f, &Test::In(ops.clone()), out);
-        }
-        Test::NotContains(s) => {
-            out.push_sql("not ");
-            condition(f, &Test::Contains(s.clone()), out);
-        }
         Test::Empty => match f.kind {
             FieldKind::Text => out.push_sql(&format!("coalesce({}, '') = ''", f.sql)),
             FieldKind::List => out.push_sql(&format!("cardinality({}) = 0", f.sql)),
             _ => out.push_sql(&format!("{} is null", f.sql)),
         },
-        Test::NotEmpty => {
-            out.push_sql("not ");
-            condition(f, &Test::Empty, out);
-        }
+        Test::NotEmpty => match f.kind {
+            FieldKind::Text => out.push_sql(&format!("{} <> ''", f.sql)),
+            FieldKind::List => out.push_sql(&format!("cardinality({}) > 0", f.sql)),
+            _ => out.push_sql(&format!("{} is not null", f.sql)),
+        },
         _ if f.kind == FieldKind::List => list_condition(f, test, out),
+        Test::NotEquals(op) => negated(f, &Test::Equals(op.clone()), out),
+        Test::NotIn(ops) => negated(f, &Test::In(ops.clone()), out),
+        Test::NotContains(s) => negated(f, &Test::Contains(s.clone()), out),
         Test::Equals(op) => equals(f, op, out),
         Test::In(ops) => {
-            out.push_sql("(false");
-            for op in ops.iter().filter(|op| **op != Operand::Nobody) {
-                out.push_sql(" or ");
-                equals(f, op, out);
+            let ops = real(ops);
+            if ops.is_empty() {
+                out.push_sql("false");
+            } else if ops.iter().any(|op| matches!(op, Operand::Day(..))) {
+                // Whole local days: one range each.
+                out.push_sql("(");
+                for (i, op) in ops.iter().enumerate() {
+                    if i > 0 {
+                        out.push_sql(" or ");
+                    }
+                    equals(f, op, out);
+                }
+                out.push_sql(")");
+            } else {
+                let text = f.kind == FieldKind::Text;
+                out.push_sql(&if text {
+                    format!("panels_lower({}) in (", f.sql)
+                } else {
+                    format!("{} in (", f.sql)
+                });
+                for (i, op) in ops.iter().enumerate() {
+                    if i > 0 {
+                        out.push_sql(", ");
+                    }
+                    match (text, op) {
+                        (true, Operand::Text(s)) => lowered(out, s),
+                        (_, op) => match param(op) {
+                            Some(p) => out.push_param(p),
+                            None => out.push_sql("null"),
+                        },
+                    }
+                }
+                out.push_sql(")");
             }
-            out.push_sql(")");
         }
         Test::Compare(cmp, op) => compare(f, *cmp, op, out),
         Test::Between(low, high) => {
+            out.push_sql("(");
             compare(f, Cmp::Gte, low, out);
             out.push_sql(" and ");
             compare(f, Cmp::Lte, high, out);
+            out.push_sql(")");
         }
         Test::Contains(s) => {
-            out.push_sql(&format!("coalesce(strpos(panels_lower({}), ", f.sql));
+            out.push_sql(&format!("strpos(panels_lower({}), ", f.sql));
             lowered(out, s);
-            out.push_sql(") > 0, false)");
+            out.push_sql(") > 0");
         }
         Test::StartsWith(s) => {
-            out.push_sql(&format!("coalesce(starts_with(panels_lower({}), ", f.sql));
+            out.push_sql(&format!("starts_with(panels_lower({}), ", f.sql));
             lowered(out, s);
-            out.push_sql("), false)");
+            out.push_sql(")");
         }
         Test::EndsWith(s) => {
-            out.push_sql(&format!(
-                "coalesce(panels_ends_with(panels_lower({}), ",
-                f.sql
-            ));
+            out.push_sql(&format!("panels_ends_with(panels_lower({}), ", f.sql));
             lowered(out, s);
-            out.push_sql("), false)");
+            out.push_sql(")");
         }
     }
 }
 
-/// A multiple-choice field: `eq` compares its choices joined by ", ", `in` (and `contains`)
-/// asks for a choice among the operands.
+/// A multiple-choice field (its choices are never NULL, an empty cell has none): `eq` compares
+/// its choices joined by ", ", `in` (and `contains`) asks for a choice among the operands.
 fn list_condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
+    let choices = |ops: &[Operand]| -> Vec<String> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Operand::Text(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let any_of = |out: &mut SqlBuilder, texts: &[String]| {
+        out.push_sql(&format!("{} && array[", f.sql));
+        for (i, s) in texts.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            lowered(out, s);
+        }
+        out.push_sql("]");
+    };
     match test {
         Test::Equals(Operand::Text(s)) => {
             out.push_sql(&format!("array_to_string({}, ', ') = ", f.sql));
             lowered(out, s);
         }
+        Test::NotEquals(Operand::Text(s)) => {
+            out.push_sql(&format!("array_to_string({}, ', ') <> ", f.sql));
+            lowered(out, s);
+        }
+        Test::NotEquals(_) => out.push_sql("true"),
         Test::In(ops) => {
-            let texts: Vec<&str> = ops
-                .iter()
-                .filter_map(|op| match op {
-                    Operand::Text(s) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect();
+            let texts = choices(ops);
             if texts.is_empty() {
                 out.push_sql("false");
-                return;
+            } else {
+                any_of(out, &texts);
             }
-            out.push_sql(&format!("{} && array[", f.sql));
-            for (i, s) in texts.iter().enumerate() {
-                if i > 0 {
-                    out.push_sql(", ");
-                }
-                lowered(out, s);
+        }
+        Test::NotIn(ops) => {
+            let texts = choices(ops);
+            if texts.is_empty() {
+                out.push_sql("true");
+            } else {
+                out.push_sql("not ");
+                any_of(out, &texts);
             }
-            out.push_sql("]");
         }
         _ => out.push_sql("false"),
     }
@@ -170,20 +225,20 @@ fn equals(f: &FieldSql, op: &Operand, out: &mut SqlBuilder) {
     match (f.kind, op) {
         (_, Operand::Nobody) => out.push_sql("false"),
         (FieldKind::Text, Operand::Text(s)) => {
-            out.push_sql(&format!("coalesce(panels_lower({}) = ", f.sql));
+            out.push_sql(&format!("panels_lower({}) = ", f.sql));
             lowered(out, s);
-            out.push_sql(", false)");
         }
         (FieldKind::DateTime, Operand::Day(..)) => {
+            out.push_sql("(");
             compare(f, Cmp::Gte, op, out);
             out.push_sql(" and ");
             compare(f, Cmp::Lte, op, out);
+            out.push_sql(")");
         }
         (_, op) => match param(op) {
             Some(p) => {
-                out.push_sql(&format!("coalesce({} = ", f.sql));
+                out.push_sql(&format!("{} = ", f.sql));
                 out.push_param(p);
-                out.push_sql(", false)");
             }
             None => out.push_sql("false"),
         },
@@ -211,9 +266,8 @@ fn compare(f: &FieldSql, cmp: Cmp, op: &Operand, out: &mut SqlBuilder) {
             (symbol, p)
         }
     };
-    out.push_sql(&format!("coalesce({} {symbol} ", f.sql));
+    out.push_sql(&format!("{} {symbol} ", f.sql));
     out.push_param(bound);
-    out.push_sql(", false)");
 }
 
 #[cfg(test)]
@@ -222,7 +276,7 @@ mod tests {
     use crate::filter::ResolvedCondition;
 
     #[test]
-    fn operands_travel_as_parameters_and_the_result_is_never_null() {
+    fn operands_travel_as_parameters_and_negative_tests_say_what_empty_does() {
         let tree = Resolved::Any(vec![
             Resolved::Condition(ResolvedCondition {
                 field: "name".into(),
@@ -252,7 +306,7 @@ mod tests {
         assert!(!out.sql.contains("drop"), "{}", out.sql);
         assert_eq!(
             out.sql,
-            "((coalesce(panels_lower(c.name) = panels_lower($3::text), false)) or (not (false or coalesce(c.age = $4::float8, false) or coalesce(c.age = $5::float8, false))))"
+            "((panels_lower(c.name) = panels_lower($3::text)) or ((c.age is null or not (c.age in ($4::float8, $5::float8)))))"
         );
         assert_eq!(out.params.len(), 3);
         let mut empty = SqlBuilder::new(1);

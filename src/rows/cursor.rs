@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -67,8 +67,10 @@ fn key_text(k: &KeyValue) -> String {
         KeyValue::Text(s) => format!("t:{s}"),
         // Rust prints an f64 so that it parses back to the same bits (inf included).
         KeyValue::Number(n) => format!("n:{n}"),
-        KeyValue::Date(d) => format!("d:{}", d.format("%Y-%m-%d")),
-        KeyValue::Instant(t) => format!("i:{}", t.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        // Days and microseconds as numbers: the bounds that stand for an empty date lie outside
+        // what a calendar text can say (years 0 and 10000).
+        KeyValue::Date(d) => format!("d:{}", d.num_days_from_ce()),
+        KeyValue::Instant(t) => format!("i:{}", t.timestamp_micros()),
     }
 }
 
@@ -77,12 +79,12 @@ fn parse_key(s: &str, ty: KeyType) -> Option<KeyValue> {
     Some(match (tag, ty) {
         ("t", KeyType::Text) => KeyValue::Text(value.to_owned()),
         ("n", KeyType::Number) => KeyValue::Number(value.parse().ok()?),
-        ("d", KeyType::Date) => KeyValue::Date(NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()?),
-        ("i", KeyType::Instant) => KeyValue::Instant(
-            DateTime::parse_from_rfc3339(value)
-                .ok()?
-                .with_timezone(&Utc),
-        ),
+        ("d", KeyType::Date) => {
+            KeyValue::Date(NaiveDate::from_num_days_from_ce_opt(value.parse().ok()?)?)
+        }
+        ("i", KeyType::Instant) => {
+            KeyValue::Instant(DateTime::<Utc>::from_timestamp_micros(value.parse().ok()?)?)
+        }
         _ => return None,
     })
 }
@@ -151,6 +153,12 @@ mod tests {
                 KeyValue::Number(0.1 + 0.2),
                 KeyValue::Date(NaiveDate::from_ymd_opt(0, 12, 31).expect("date")),
                 KeyValue::Instant(
+                    DateTime::parse_from_rfc3339("9999-12-31T23:59:59Z")
+                        .expect("rfc3339")
+                        .with_timezone(&Utc)
+                        + chrono::Duration::days(1),
+                ),
+                KeyValue::Instant(
                     DateTime::parse_from_rfc3339("2026-12-04T10:11:12.345678Z")
                         .expect("rfc3339")
                         .with_timezone(&Utc),
@@ -165,6 +173,7 @@ mod tests {
         KeyType::Number,
         KeyType::Number,
         KeyType::Date,
+        KeyType::Instant,
         KeyType::Instant,
     ];
 

@@ -77,8 +77,23 @@ impl TestApp {
         Self::spawn_on(&database_url, vars).await
     }
 
+    /// Spawns with the server's clock stopped at `at` (relative dates, NOW() and TODAY()).
+    pub async fn spawn_at(at: chrono::DateTime<chrono::Utc>, vars: &[(&str, &str)]) -> Self {
+        let database_url = database_url(&fresh_name());
+        let config = Self::config(&database_url, vars);
+        let state = panels::build_state(config).await.expect("start-up");
+        Self::serve(state.with_clock(at), database_url).await
+    }
+
     /// Spawns another instance on an existing database (several instances, one database).
     pub async fn spawn_on(database_url: &str, vars: &[(&str, &str)]) -> Self {
+        let config = Self::config(database_url, vars);
+        let state = panels::build_state(config).await.expect("start-up");
+        Self::serve(state, database_url.to_owned()).await
+    }
+
+    /// The test defaults with `vars` on top (an empty value removes a default).
+    fn config(database_url: &str, vars: &[(&str, &str)]) -> Config {
         let mut env: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
@@ -98,10 +113,7 @@ impl TestApp {
                 env.insert((*k).to_owned(), (*v).to_owned());
             }
         }
-        let config =
-            Config::from_lookup(|name| env.get(name).cloned()).expect("valid test configuration");
-        let state = panels::build_state(config).await.expect("start-up");
-        Self::serve(state, database_url.to_owned()).await
+        Config::from_lookup(|name| env.get(name).cloned()).expect("valid test configuration")
     }
 
     async fn serve(state: AppState, database_url: String) -> Self {

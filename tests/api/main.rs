@@ -17,3 +17,4 @@ mod rows;
 mod security;
 mod sync;
 mod views;
+mod worklist;
