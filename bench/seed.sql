@@ -12,7 +12,8 @@
 -- (panel_id-1)*5 + 1..5. The identity sequences are moved past them at the end, so rows the
 -- server creates later get fresh ids.
 --
--- psql variables: rows (total panel rows, default 1000000 from scripts/bench).
+-- psql variables: rows (total panel rows, default 1000000 from scripts/bench), wl_rows (the rows
+-- of the worklist panel, default 1000000).
 
 \set ON_ERROR_STOP on
 set synchronous_commit = off;
@@ -69,6 +70,8 @@ insert into bench_column values
     (13, 'calculated', 'risk', 'text', 'IF(score > 50, "high", "low")', '["score"]', 'text'),
     (14, 'calculated', 'riskScore', 'number', 'doubleAge + score', '["doubleAge", "score"]', 'number'),
     (15, 'calculated', 'label', 'text', 'UPPER(fullName) & " (" & risk & ")"', '["fullName", "risk"]', 'text');
+
+create temporary table bench_column_wl as select * from bench_column;
 
 insert into panel_column (id, tenant_id, panel_id, kind, name, type, source_field, data_source_id, formula,
                           dependencies, result_type, properties, display_order)
@@ -153,6 +156,73 @@ cross join lateral (
         'tags', case i % 6 when 0 then '["vip", "diabetes"]'::jsonb when 1 then '["diabetes"]'::jsonb
                            when 2 then '[]'::jsonb else '["follow-up"]'::jsonb end
     ) as data
+) d;
+
+-- The worklist panel (bench/README.md, "Worklists"): one panel of :wl_rows rows of tenant `twl`,
+-- 10 base columns of mixed types with realistic gaps (a few percent of each field missing or
+-- empty) and the 5 calculated columns of every panel, with three views: v1 two filters and a
+-- sort on a base column, v2 two filters and a sort on a calculated column, v3 every row by last
+-- name (the export). Ids: panel and source 5001, columns 75001..75015, views 25001..25003.
+insert into tenants (id, name) values ('twl', 'Bench worklist');
+insert into users (tenant_id, email, name, password_hash, role)
+values ('twl', 'builder@twl.example', 'Builder', '!', 'builder');
+insert into panel (id, tenant_id, user_id, name, description, cohort_rule, metadata)
+overriding system value
+values (5001, 'twl', 'builder-wl', 'The big worklist', 'One million patients',
+        '{"conditions": [], "logic": "AND"}', '{}');
+insert into data_source (id, tenant_id, panel_id, type, config)
+overriding system value
+values (5001, 'twl', 5001, 'custom', '{"keyField": "id"}');
+insert into panel_column (id, tenant_id, panel_id, kind, name, type, source_field, data_source_id, formula,
+                          dependencies, result_type, properties, display_order)
+overriding system value
+select 75000 + c.n, 'twl', 5001, c.kind, c.name, c.type,
+       case when c.kind = 'base' then c.name end,
+       case when c.kind = 'base' then 5001 end,
+       c.formula, c.deps, c.result_type,
+       jsonb_build_object('display', jsonb_build_object('order', c.n - 1)), c.n - 1
+from bench_column_wl c;
+insert into view (id, tenant_id, panel_id, name, owner_user_id, owner_email, is_published, published_at,
+                  published_by, visible_columns, filters)
+overriding system value
+values
+    (25001, 'twl', 5001, 'Open adults by admission', 'builder-wl', 'builder@twl.example', true, now(), 'builder-wl',
+     '["75001", "75002", "75003", "75005", "75006", "75007", "75013", "75014"]',
+     '{"logic": "AND", "conditions": [{"field": "status", "operator": "in", "value": ["open", "pending"]}, {"field": "age", "operator": "gte", "value": 40}]}'),
+    (25002, 'twl', 5001, 'Open active by risk', 'builder-wl', 'builder@twl.example', true, now(), 'builder-wl',
+     '["75001", "75002", "75003", "75005", "75006", "75014", "75015"]',
+     '{"logic": "AND", "conditions": [{"field": "status", "operator": "in", "value": ["open", "pending"]}, {"field": "active", "operator": "eq", "value": true}]}'),
+    (25003, 'twl', 5001, 'Everyone', 'builder-wl', 'builder@twl.example', true, now(), 'builder-wl',
+     '["75001", "75002", "75003", "75004", "75005", "75006", "75007", "75008", "75009", "75010", "75011", "75012", "75013", "75014", "75015"]',
+     '{"logic": "AND", "conditions": []}');
+insert into view_sort (tenant_id, view_id, column_name, direction, "order")
+values ('twl', 25001, 'admittedAt', 'desc', 0),
+       ('twl', 25002, 'riskScore', 'desc', 0),
+       ('twl', 25003, 'lastName', 'asc', 0);
+insert into access_control_lists (tenant_id, resource_type, resource_id, user_email, permission)
+values ('twl', 'panel', 5001, 'builder@twl.example', 'owner'),
+       ('twl', 'view', 25001, 'builder@twl.example', 'owner'),
+       ('twl', 'view', 25002, 'builder@twl.example', 'owner'),
+       ('twl', 'view', 25003, 'builder@twl.example', 'owner');
+
+insert into panel_row (tenant_id, panel_id, data_source_id, record_key, data, hash)
+select 'twl', 5001, 5001, i::text, d.data, sha256(convert_to(d.data::text, 'UTF8'))
+from generate_series(1::bigint, :wl_rows) i
+cross join lateral (
+    select jsonb_strip_nulls(jsonb_build_object(
+        'id', i,
+        'firstName', case when i % 97 = 0 then '' else (array['Ada', 'Grace', 'Alan', 'Edsger', 'Barbara', 'Donald', 'Frances', 'Ken', 'Margaret', 'Niklaus', 'Émile', 'Zoë'])[1 + (i * 7) % 12] end,
+        'lastName', (array['Lovelace', 'Hopper', 'Turing', 'Dijkstra', 'Liskov', 'Knuth', 'Allen', 'Thompson', 'Hamilton', 'Wirth'])[1 + (i * 13) % 10] || '-' || ((i * 7919) % 4999),
+        'age', case when i % 20 = 0 then null else 18 + (i * 37) % 80 end,
+        'email', case when i % 50 = 0 then null else format('patient%s@example.org', i) end,
+        'status', case when i % 45 = 0 then null else (array['open', 'pending', 'closed', 'escalated', 'closed'])[1 + (i * 3) % 5] end,
+        'score', case when i % 10 = 3 then null else round(((i * 7919) % 10000) / 100.0, 2) end,
+        'admittedAt', case when i % 33 = 0 then null else to_char(date '2020-01-01' + ((i * 17) % 2500)::int, 'YYYY-MM-DD') end,
+        'active', case when i % 25 = 0 then null else (i * 11) % 3 <> 0 end,
+        'city', case when i % 12 = 5 then null else (array['Amsterdam', 'Hamburg', 'Rotterdam', 'Utrecht', 'Edinburgh', 'Gothenburg', 'Leiden', 'Delft'])[1 + (i * 11) % 8] end,
+        'tags', case i % 6 when 0 then '["vip", "diabetes"]'::jsonb when 1 then '["diabetes"]'::jsonb
+                           when 2 then '[]'::jsonb else '["follow-up"]'::jsonb end
+    )) as data
 ) d;
 
 create index panel_row_panel_idx on panel_row (tenant_id, panel_id, id);

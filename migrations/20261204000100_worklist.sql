@@ -51,3 +51,104 @@ end $$;
 
 grant execute on function panels_jsonb_list(jsonb) to panels_app, panels_auth, panels_worker;
 revoke all on function panels_jsonb_list(jsonb) from public;
+
+-- Indexes the worklist engine wants: a view's sort keys, the fields its filters and the cohort
+-- rule test, as the rows query writes them (src/rows/indexes.rs). A request records what its
+-- query could use; a worker builds it (create index concurrently, as the table's owner, partial
+-- to the panel) and drops the ones nobody wanted for a while. The definition is the SQL of the
+-- index's columns with every value a quoted literal, signed by the server (`signature`, an HMAC
+-- under a key the database never holds): the owner builds only what the server wrote.
+create table panel_index (
+    tenant_id   text not null,
+    panel_id    bigint not null,
+    name        text not null,
+    definition  text not null,
+    signature   text not null,
+    state       text not null default 'wanted',
+    wanted_at   timestamptz not null default now(),
+    built_at    timestamptz,
+    error       text,
+    lease_until timestamptz,
+    locked_by   text,
+    created_at  timestamptz not null default now(),
+    constraint panel_index_pkey primary key (tenant_id, panel_id, name),
+    constraint panel_index_name_check check (name ~ '^panel_row_p[0-9]+_[0-9a-f]{16}$'),
+    constraint panel_index_state_check check (state in ('wanted', 'building', 'ready', 'small', 'failed')),
+    constraint panel_index_panel_fkey foreign key (tenant_id, panel_id) references panel (tenant_id, id) on delete cascade
+);
+-- The builder's queue, across tenants.
+create index panel_index_work_idx on panel_index (state, wanted_at);
+
+alter table panel_index enable row level security;
+alter table panel_index force row level security;
+create policy tenant_isolation on panel_index using (tenant_id = app_tenant()) with check (tenant_id = app_tenant());
+create policy worker_all on panel_index to panels_worker using (true) with check (true);
+grant select, update, delete on panel_index to panels_worker;
+
+-- Claims the next index to build (wanted, a build whose worker's lease ran out, or a small panel's
+-- to look at again after an hour), leasing it to `p_worker`.
+create function claim_panel_index(p_worker text, p_lease_seconds integer)
+    returns table (tenant_id text, panel_id bigint, name text, definition text, signature text)
+    language sql volatile security definer set search_path = pg_catalog, public, pg_temp
+    as $$
+    update panel_index i set state = 'building', locked_by = p_worker,
+           lease_until = now() + make_interval(secs => p_lease_seconds)
+    where (i.tenant_id, i.panel_id, i.name) = (
+        select q.tenant_id, q.panel_id, q.name from panel_index q
+        where q.state = 'wanted'
+           or (q.state = 'building' and q.lease_until < now())
+           or (q.state = 'small' and q.lease_until < now() - interval '1 hour')
+        order by q.wanted_at
+        for update skip locked
+        limit 1)
+    returning i.tenant_id, i.panel_id, i.name, i.definition, i.signature
+    $$;
+
+-- Records how a build ended: `ready`, `small` (the panel is too small to need it) or `failed`.
+create function finish_panel_index(p_tenant text, p_panel bigint, p_name text, p_state text, p_error text)
+    returns void
+    language sql volatile security definer set search_path = pg_catalog, public, pg_temp
+    as $$
+    update panel_index set state = p_state, error = p_error, lease_until = now(),
+           built_at = case when p_state = 'ready' then now() else built_at end
+    where tenant_id = p_tenant and panel_id = p_panel and name = p_name
+    $$;
+
+-- Indexes nobody wanted since `p_before` (or whose panel is gone): the builder drops them.
+create function stale_panel_indexes(p_before timestamptz)
+    returns table (tenant_id text, panel_id bigint, name text)
+    language sql stable security definer set search_path = pg_catalog, public, pg_temp
+    as $$ select i.tenant_id, i.panel_id, i.name from panel_index i where i.wanted_at < p_before $$;
+
+create function forget_panel_index(p_tenant text, p_panel bigint, p_name text)
+    returns void
+    language sql volatile security definer set search_path = pg_catalog, public, pg_temp
+    as $$ delete from panel_index where tenant_id = p_tenant and panel_id = p_panel and name = p_name $$;
+
+-- Every index the builder keeps track of, across tenants (to drop the physical indexes of
+-- panels that were deleted).
+create function known_panel_indexes()
+    returns table (name text)
+    language sql stable security definer set search_path = pg_catalog, public, pg_temp
+    as $$ select i.name from panel_index i $$;
+
+do $$
+declare f text;
+begin
+    foreach f in array array['claim_panel_index(text, integer)', 'finish_panel_index(text, bigint, text, text, text)',
+                             'stale_panel_indexes(timestamptz)', 'forget_panel_index(text, bigint, text)',
+                             'known_panel_indexes()'] loop
+        execute format('alter function %s owner to panels_worker', f);
+        execute format('revoke all on function %s from public', f);
+        execute format('grant execute on function %s to panels_app, panels_worker', f);
+    end loop;
+end
+$$;
+
+-- Dates read from JSON can be indexed: the readers accept only ISO forms (YYYY-MM-DD, with an
+-- explicit offset or UTC), so neither DateStyle nor TimeZone changes a result; they were marked
+-- stable only because casts to date and timestamptz are in general.
+alter function panels_try_timestamptz(text) immutable;
+alter function panels_try_date(text) immutable;
+alter function panels_jsonb_date(jsonb) immutable;
+alter function panels_jsonb_timestamptz(jsonb) immutable;

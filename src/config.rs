@@ -147,6 +147,8 @@ pub struct Config {
     pub export_timeout: Duration,
     /// Exports streaming at once from this process (each holds a database connection).
     pub export_concurrency: usize,
+    /// Panels with fewer rows get no index for their queries (a scan of them is fast already).
+    pub index_min_rows: i64,
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -465,6 +467,7 @@ impl Config {
             query_timeout,
             export_timeout: millis(&get, "EXPORT_TIMEOUT_MS", 600_000, 1_000, 86_400_000)?,
             export_concurrency: ranged(&get, "EXPORT_CONCURRENCY", 2usize, 1, 64)?,
+            index_min_rows: ranged(&get, "WORKLIST_INDEX_MIN_ROWS", 20_000i64, 1, i64::MAX)?,
         })
     }
 

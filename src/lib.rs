@@ -67,6 +67,22 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     let db = db::Db::new(pool, metrics.db_waiting.clone());
     let auth = Arc::new(auth);
     auth::revocations::spawn(db.clone(), auth.clone());
+    // Signing keys derived from JWT_SECRET (random for a process without one, like its tokens).
+    let (cursor_key, index_key) = match &config.jwt_secret {
+        Some(secret) => {
+            use secrecy::ExposeSecret;
+            let secret = secret.expose_secret().as_bytes();
+            (
+                rows::cursor::CursorKey::derive(secret),
+                rows::indexes::IndexKey::derive(secret),
+            )
+        }
+        None => (
+            rows::cursor::CursorKey::random(),
+            rows::indexes::IndexKey::random(),
+        ),
+    };
+    let (index_wants, _recorder) = rows::indexes::Wants::start(db.clone(), index_key.clone());
     Ok(AppState::new(state::Shared {
         wakeup: jobs::Wakeup::default(),
         creates: panels::batch::CreateBatcher::new(db.clone()),
@@ -76,13 +92,9 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         auth,
         crypto: Arc::new(crypto),
         metrics,
-        cursor_key: match &config.jwt_secret {
-            Some(secret) => {
-                use secrecy::ExposeSecret;
-                rows::cursor::CursorKey::derive(secret.expose_secret().as_bytes())
-            }
-            None => rows::cursor::CursorKey::random(),
-        },
+        cursor_key,
+        index_key,
+        index_wants: Arc::new(index_wants),
         clock: state::Clock::default(),
         exports: Arc::new(tokio::sync::Semaphore::new(config.export_concurrency)),
         config: Arc::new(config),
@@ -139,6 +151,26 @@ pub async fn serve_on(
     }
 }
 
+/// The background work of a process with workers: `concurrency` sync workers (with the
+/// scheduler) and the builder of the indexes row queries want; none with `concurrency` 0.
+pub fn spawn_workers(
+    state: &AppState,
+    concurrency: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = datasources::sync::spawn_workers(state, concurrency, stop.clone());
+    if concurrency > 0 {
+        handles.push(rows::indexes::spawn_builder(
+            state.db.clone(),
+            state.config.database_url().to_owned(),
+            state.index_key.clone(),
+            state.config.index_min_rows,
+            stop,
+        ));
+    }
+    handles
+}
+
 /// `panels serve`: everything from configuration to a listening, draining server, with the
 /// sync workers of `WORKER_CONCURRENCY` unless `workers` is false.
 pub async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
@@ -150,7 +182,7 @@ pub async fn serve(config: Config, workers: bool) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     let stop = tokio_util::sync::CancellationToken::new();
     let handles = if workers {
-        datasources::sync::spawn_workers(&state, state.config.worker_concurrency, stop.clone())
+        spawn_workers(&state, state.config.worker_concurrency, stop.clone())
     } else {
         Vec::new()
     };
@@ -167,7 +199,7 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
     let state = build_state(config).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let concurrency = state.config.worker_concurrency.max(1);
-    let handles = datasources::sync::spawn_workers(&state, concurrency, stop.clone());
+    let handles = spawn_workers(&state, concurrency, stop.clone());
     tracing::info!(concurrency, "worker running");
     shutdown_signal().await;
     stop.cancel();

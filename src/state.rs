@@ -64,6 +64,10 @@ pub struct Shared {
     pub crypto: Arc<crate::datasources::crypto::Crypto>,
     /// Exports streaming at once (`EXPORT_CONCURRENCY`): each holds a database connection.
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Records the indexes row queries want (`rows::indexes`).
+    pub index_wants: Arc<crate::rows::indexes::Wants>,
+    /// Signs the definitions of those indexes for the builder.
+    pub index_key: crate::rows::indexes::IndexKey,
     /// Signs the cursors of row pages.
     pub cursor_key: crate::rows::cursor::CursorKey,
     /// What time it is (relative dates in filters, NOW() in the rows a query shows).

@@ -16,6 +16,7 @@ from typing import Callable
 
 from .drive import (CREATE_BODY, UPDATE_BODY, Load, Outcome, Result, Server, ServerDied, drive, http, merge,
                     rss_mb, run_mix, server_environment)
+from . import worklist
 from .report import as_json, render
 from .seed import (RUNTIME_ROLE, Tenant, create_panel_script, db_url, pgbench, read_panel_script, rls_tables,
                    set_rls, tenant)
@@ -362,10 +363,13 @@ def abba(bench: Bench, measure: Callable[[], Outcome]) -> tuple[Outcome, Outcome
 # The report
 
 
-def write_report(bench: Bench, ceiling: Outcome, floors: Floors, mix: dict | None, load_info: dict) -> None:
+def write_report(bench: Bench, ceiling: Outcome, floors: Floors, mix: dict | None, load_info: dict,
+                 wl: worklist.Worklist | None) -> None:
     """bench/out/<stamp>.md, latest.md and <stamp>.json; the Markdown also on stdout."""
     report = render(bench.stamp, ceiling, floors.read, floors.create, bench.results, mix, bench.rls_pairs,
                     bench.notes, load_info)
+    if wl is not None:
+        report += "\n" + "\n".join(worklist.render(wl))
     path = OUT / f"{bench.stamp}.md"
     path.write_text(report)
     (OUT / "latest.md").write_text(report)
@@ -393,6 +397,10 @@ def main() -> int:
         mix = run_mix_scenario(bench, rows_served) if selected("mix") else None
         if selected("login"):
             run_scenario(bench, login_scenario(), ceiling)
+        wl = None
+        if selected("worklist"):
+            bench.server.restart()
+            wl = worklist.run(bench.server, bench.tmp, bench.secret, DURATION)
         if RLS_MODE == "both":
             compare_rls(bench, scenarios, floors.read_script)
     finally:
@@ -403,5 +411,5 @@ def main() -> int:
 
     load_info["end"] = os.getloadavg()
     bench.notes.append(f"The server holds {idle_rss:.1f} MB resident right after start.")
-    write_report(bench, ceiling, floors, mix, load_info)
+    write_report(bench, ceiling, floors, mix, load_info, wl)
     return 0

@@ -4,10 +4,12 @@
 //! row's shown values; also exports of a view's rows and the formula dry run.
 //!
 //! `query.rs` compiles a request to SQL (pure), `cursor.rs` signs and reads cursors, `project.rs`
-//! computes the shown values in process, `export.rs` writes CSV and NDJSON.
+//! computes the shown values in process, `export.rs` writes CSV and NDJSON, `indexes.rs` builds
+//! the indexes the queries of large panels want.
 
 pub mod cursor;
 pub mod export;
+pub mod indexes;
 pub mod model;
 pub mod project;
 pub mod query;

@@ -440,6 +440,41 @@ pub struct Plan {
     /// Identifies what the query means (not the moment it runs): a cursor of another query, or
     /// of the same request before the view or a column changed, is stale.
     pub fingerprint: String,
+    /// What an index could serve (`indexes.rs`): the expressions the conditions every row must
+    /// pass test, as the conditions write them.
+    pub index_fields: Vec<String>,
+}
+
+/// The expressions tested by the conditions every matching row passes (those not under an OR),
+/// in the form their test writes them, where an index on the expression could serve the test.
+fn indexable_fields(tree: &Resolved, fields: &HashMap<&str, FieldSql>, out: &mut Vec<String>) {
+    use crate::filter::Test;
+    match tree {
+        Resolved::All(nodes) => {
+            for node in nodes {
+                indexable_fields(node, fields, out);
+            }
+        }
+        Resolved::Any(_) => {}
+        Resolved::Condition(c) => {
+            let Some(f) = fields.get(c.field.as_str()) else {
+                return;
+            };
+            let positive = matches!(
+                c.test,
+                Test::Equals(_) | Test::In(_) | Test::Compare(..) | Test::Between(..)
+            );
+            let expr = match f.kind {
+                _ if !positive => return,
+                FieldKind::List => return,
+                FieldKind::Text => format!("panels_lower({})", f.sql),
+                _ => f.sql.clone(),
+            };
+            if !out.contains(&expr) {
+                out.push(expr);
+            }
+        }
+    }
 }
 
 impl Plan {
@@ -455,6 +490,7 @@ impl Plan {
         let cols = Columns::new(columns, checked, now, &mut out);
 
         let mut conditions = "r.tenant_id = $1 and r.panel_id = $2".to_owned();
+        let mut index_fields = Vec::new();
         if !matches!(req.filter, Resolved::All(nodes) if nodes.is_empty()) {
             let mut fields = HashMap::new();
             for name in req.filter.fields() {
@@ -466,6 +502,7 @@ impl Plan {
             compiled.map_err(PlanError::UnknownColumn)?;
             conditions.push_str(" and ");
             conditions.push_str(&tree);
+            indexable_fields(req.filter, &fields, &mut index_fields);
         }
         if let Some((q, over)) = req.search {
             let mut texts = Vec::new();
@@ -518,11 +555,25 @@ impl Plan {
             keys,
             id_direction,
             fingerprint,
+            index_fields,
         })
     }
 
     pub fn key_types(&self) -> Vec<KeyType> {
         self.keys.iter().map(|(_, ty, _)| *ty).collect()
+    }
+
+    /// The sort keys' SQL, `true` for descending.
+    pub fn index_keys(&self) -> Vec<(String, bool)> {
+        self.keys
+            .iter()
+            .map(|(sql, _, d)| (sql.clone(), *d == Direction::Desc))
+            .collect()
+    }
+
+    /// The values the plan's SQL binds, in placeholder order.
+    pub fn params(&self) -> &[SqlParam] {
+        &self.out.params
     }
 
     fn order_by(&self) -> String {

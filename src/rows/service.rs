@@ -10,6 +10,7 @@ use chrono_tz::Tz;
 use tracing::instrument;
 
 use super::cursor::{self, CursorError};
+use super::indexes;
 use super::model::*;
 use super::project::{Projector, RecordRow};
 use super::query::{After, Plan, PlanError, Request, SortSpec};
@@ -280,6 +281,7 @@ async fn page(
     let (checked, mut warnings) = check_all(&columns);
     let prepared = prepare(state, principal, panel, &columns, &checked, &query)?;
     let plan = &prepared.plan;
+    want_indexes(state, principal, panel.id, plan);
     let types = plan.key_types();
     let after = query
         .cursor
@@ -355,6 +357,14 @@ async fn page(
         total_kind,
         warnings,
     })
+}
+
+/// Notes the indexes this query could use (built by a worker for a large panel).
+fn want_indexes(state: &AppState, principal: &Principal, panel: PanelId, plan: &Plan) {
+    let defs = indexes::wanted(panel, &plan.index_keys(), &plan.index_fields, plan.params());
+    if !defs.is_empty() {
+        state.index_wants.want(&principal.tenant, panel, defs);
+    }
 }
 
 async fn count(state: &AppState, tx: &mut Tx, plan: &Plan) -> Result<u64> {
@@ -557,6 +567,7 @@ pub async fn export(
     let (checked, _) = check_all(&columns);
     let query = view_query(&view, sorts, q, tz);
     let prepared = prepare(state, principal, &panel, &columns, &checked, &query)?;
+    want_indexes(state, principal, panel.id, &prepared.plan);
     let header: Vec<String> = prepared.shown.iter().map(|c| c.name.clone()).collect();
     let statement = prepared.plan.all();
     let types = prepared.plan.key_types();

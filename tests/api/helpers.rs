@@ -124,11 +124,7 @@ impl TestApp {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let state_for_server = state.clone();
         let stop = tokio_util::sync::CancellationToken::new();
-        let workers = panels::datasources::sync::spawn_workers(
-            &state,
-            state.config.worker_concurrency,
-            stop.clone(),
-        );
+        let workers = panels::spawn_workers(&state, state.config.worker_concurrency, stop.clone());
         let server = tokio::spawn(async move {
             let served = panels::serve_on(state_for_server, listener, async {
                 let _ = rx.await;

@@ -1342,3 +1342,86 @@ async fn a_query_running_past_its_limit_is_cancelled_with_503_and_frees_its_conn
         assert_eq!(res.status, 200, "{}", res.text);
     }
 }
+
+#[tokio::test]
+async fn the_indexes_a_large_panels_views_want_are_built_and_only_signed_ones() {
+    let w = Worklist::new(&[("WORKLIST_INDEX_MIN_ROWS", "50")]).await;
+    let view = w
+        .view(
+            &w.admin,
+            &["name", "ratio"],
+            &[("ratio", "desc"), ("seen", "asc")],
+            json!({"logic": "AND", "conditions": [
+                {"field": "status", "operator": "in", "value": ["open", "pending"]},
+                {"field": "age", "operator": "gte", "value": 18}
+            ]}),
+        )
+        .await;
+    let before = w
+        .get(&w.admin, &format!("/api/views/{view}/rows?limit=100"))
+        .await;
+    assert_eq!(before.status, 200, "{}", before.text);
+    let pool = w.app.owner_pool().await;
+    let mut built: Vec<(String, String)> = Vec::new();
+    for _ in 0..150 {
+        built = sqlx::query_as(
+            "select i.name, i.state from panel_index i where i.panel_id = $1 order by i.name",
+        )
+        .bind(w.panel)
+        .fetch_all(&pool)
+        .await
+        .expect("panel_index");
+        if built.len() == 3 && built.iter().all(|(_, state)| state == "ready") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The sort keys (mixed directions), the status and the age.
+    assert_eq!(built.len(), 3, "{built:?}");
+    assert!(built.iter().all(|(_, state)| state == "ready"), "{built:?}");
+    for (name, _) in &built {
+        let valid: bool = sqlx::query_scalar(
+            "select i.indisvalid from pg_index i join pg_class c on c.oid = i.indexrelid where c.relname = $1",
+        )
+        .bind(name)
+        .fetch_one(&pool)
+        .await
+        .expect("a physical index");
+        assert!(valid, "{name}");
+    }
+    let after = w
+        .get(&w.admin, &format!("/api/views/{view}/rows?limit=100"))
+        .await;
+    assert_eq!(after.body["rows"], before.body["rows"]);
+
+    // A definition the server did not sign is never run by the table's owner.
+    sqlx::query(
+        "insert into panel_index (tenant_id, panel_id, name, definition, signature)
+         values ($1, $2, 'panel_row_p' || $2 || '_0123456789abcdef', '(id)) ; drop table panel_row; --', 'bad')",
+    )
+    .bind(TENANT)
+    .bind(w.panel)
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = sqlx::query_scalar(
+            "select state from panel_index where panel_id = $1 and name like '%_0123456789abcdef'",
+        )
+        .bind(w.panel)
+        .fetch_one(&pool)
+        .await
+        .expect("state");
+        if state == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "failed");
+    let rows: i64 = sqlx::query_scalar("select count(*) from panel_row")
+        .fetch_one(&pool)
+        .await
+        .expect("the table is still there");
+    assert_eq!(rows, 60);
+}
