@@ -577,6 +577,11 @@ impl Plan {
     }
 
     fn order_by(&self) -> String {
+        if self.keys.is_empty() {
+            // The order of the (tenant, panel, id) index, spelled out: with `r.id` alone the
+            // planner may walk the primary key through other panels' rows instead.
+            return "r.tenant_id, r.panel_id, r.id".to_owned();
+        }
         let mut parts: Vec<String> = self
             .keys
             .iter()
@@ -585,6 +590,12 @@ impl Plan {
             .collect();
         parts.push(format!("r.id {}", self.id_direction.as_str()));
         parts.join(", ")
+    }
+
+    /// Whether the page is ordered by sort keys (then an index on them, when one exists, is the
+    /// plan to prefer: see `Db::begin_read`'s callers).
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
     }
 
     fn select_keys(&self) -> String {

@@ -72,13 +72,27 @@ fn page_row(row: &PgRow, types: &[KeyType]) -> sqlx::Result<PageRow> {
     })
 }
 
-/// Runs a statement of [`Plan::page`] or [`Plan::all`] (an unnamed statement: planned for its
-/// parameters' values each time, so the planner can match expressions and partial indexes).
+/// Runs a statement of [`Plan::page`] (an unnamed statement: planned for its parameters' values
+/// each time, so the planner can match expressions and partial indexes).
+///
+/// A page ordered by sort keys is planned without explicit sorts when it can be: the planner
+/// cannot use the statistics of the engine's indexes (they are partial to a panel, and PostgreSQL
+/// reads no statistics from partial indexes), so it underestimates how many rows pass the filters
+/// and would rather sort all of them than walk the index on the keys, which reads a page and
+/// stops. Where no index serves the order every plan sorts, and the choice is the same.
 pub async fn fetch_page(
     conn: &mut PgConnection,
     (sql, args): (String, PgArguments),
     types: &[KeyType],
+    ordered_by_keys: bool,
 ) -> sqlx::Result<Vec<PageRow>> {
+    if ordered_by_keys {
+        // The price a disabled plan shape gets also crosses the threshold of JIT compilation,
+        // which would cost a page more than the page itself.
+        sqlx::query("select set_config('enable_sort', 'off', true), set_config('jit', 'off', true)")
+            .execute(&mut *conn)
+            .await?;
+    }
     let rows = sqlx::query_with(AssertSqlSafe(sql), args)
         .persistent(false)
         .fetch_all(conn)

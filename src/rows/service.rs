@@ -288,9 +288,14 @@ async fn page(
         .map(|c| cursor::decode(&state.cursor_key, c, &plan.fingerprint, &types))
         .transpose()
         .map_err(cursor_error)?;
-    let mut rows = repo::fetch_page(&mut tx, plan.page(after.as_ref(), query.limit + 1), &types)
-        .await
-        .map_err(|e| query_error(state, e))?;
+    let mut rows = repo::fetch_page(
+        &mut tx,
+        plan.page(after.as_ref(), query.limit + 1),
+        &types,
+        plan.has_keys(),
+    )
+    .await
+    .map_err(|e| query_error(state, e))?;
     let mode = query.count.unwrap_or(if query.cursor.is_none() {
         CountMode::Estimated
     } else {
