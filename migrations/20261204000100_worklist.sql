@@ -152,3 +152,87 @@ alter function panels_try_timestamptz(text) immutable;
 alter function panels_try_date(text) immutable;
 alter function panels_jsonb_date(jsonb) immutable;
 alter function panels_jsonb_timestamptz(jsonb) immutable;
+
+-- Typed slots: a copy of each base column's value, read as its type, in a column of its own on
+-- the row (src/rows/slots.rs). The rows query compares and sorts them with plain operators, which
+-- PostgreSQL may use as index conditions under row-level security (it does not for the JSON
+-- readers, which are not leakproof), and reads them without parsing the record. A panel's base
+-- columns take slots of their type while there are free ones: numbers n1..n16, texts t1..t16
+-- (in lower case, empty as NULL: what filters and sorts compare), dates d1..d8, datetimes
+-- s1..s8, booleans b1..b8. The sink writes them with the record; a worker fills a new slot for
+-- the rows already there, and until it is done the column is read from the record.
+do $$
+begin
+    for i in 1 .. 16 loop
+        execute format('alter table panel_row add column n%s float8', i);
+        execute format('alter table panel_row add column t%s text', i);
+    end loop;
+    for i in 1 .. 8 loop
+        execute format('alter table panel_row add column d%s date', i);
+        execute format('alter table panel_row add column s%s timestamptz', i);
+        execute format('alter table panel_row add column b%s boolean', i);
+    end loop;
+end
+$$;
+
+create table panel_slot (
+    tenant_id   text not null,
+    panel_id    bigint not null,
+    column_id   bigint not null,
+    slot        text not null,
+    state       text not null default 'filling',
+    -- Rows with an id up to this one are filled.
+    filled_to   bigint not null default 0,
+    lease_until timestamptz,
+    locked_by   text,
+    created_at  timestamptz not null default now(),
+    constraint panel_slot_pkey primary key (tenant_id, column_id),
+    constraint panel_slot_slot_key unique (tenant_id, panel_id, slot),
+    constraint panel_slot_state_check check (state in ('filling', 'ready')),
+    constraint panel_slot_slot_check check (slot ~ '^[ntdsb][0-9]{1,2}$'),
+    constraint panel_slot_panel_fkey foreign key (tenant_id, panel_id) references panel (tenant_id, id) on delete cascade,
+    constraint panel_slot_column_fkey foreign key (tenant_id, column_id) references panel_column (tenant_id, id) on delete cascade
+);
+create index panel_slot_filling_idx on panel_slot (created_at) where state = 'filling';
+
+alter table panel_slot enable row level security;
+alter table panel_slot force row level security;
+create policy tenant_isolation on panel_slot using (tenant_id = app_tenant()) with check (tenant_id = app_tenant());
+create policy worker_claim on panel_slot to panels_worker using (true) with check (true);
+grant select, update on panel_slot to panels_worker;
+
+-- The columns that exist take their slots now; the workers fill them.
+insert into panel_slot (tenant_id, panel_id, column_id, slot)
+select tenant_id, panel_id, id, prefix || n
+from (
+    select c.tenant_id, c.panel_id, c.id, k.prefix, k.slots,
+           row_number() over (partition by c.tenant_id, c.panel_id, k.prefix order by c.id) as n
+    from panel_column c
+    join (values ('number', 'n', 16), ('date', 'd', 8), ('datetime', 's', 8), ('boolean', 'b', 8),
+                 ('text', 't', 16), ('select', 't', 16), ('user', 't', 16), ('file', 't', 16), ('custom', 't', 16))
+         as k(type, prefix, slots) on k.type = c.type
+    where c.kind = 'base'
+) placed
+where n <= slots;
+
+-- Leases the filling slots of the panel that has waited longest to `p_worker`; answers the
+-- panel (no row: nothing to fill).
+create function claim_slot_fill(p_worker text, p_lease_seconds integer)
+    returns table (tenant_id text, panel_id bigint)
+    language sql volatile security definer set search_path = pg_catalog, public, pg_temp
+    as $$
+    with target as (
+        select s.tenant_id, s.panel_id from panel_slot s
+        where s.state = 'filling' and (s.lease_until is null or s.lease_until < now())
+        order by s.created_at
+        for update skip locked
+        limit 1)
+    update panel_slot s set locked_by = p_worker, lease_until = now() + make_interval(secs => p_lease_seconds)
+    from target
+    where s.tenant_id = target.tenant_id and s.panel_id = target.panel_id and s.state = 'filling'
+    returning s.tenant_id, s.panel_id
+    $$;
+
+alter function claim_slot_fill(text, integer) owner to panels_worker;
+revoke all on function claim_slot_fill(text, integer) from public;
+grant execute on function claim_slot_fill(text, integer) to panels_app, panels_worker;

@@ -152,7 +152,8 @@ pub async fn serve_on(
 }
 
 /// The background work of a process with workers: `concurrency` sync workers (with the
-/// scheduler) and the builder of the indexes row queries want; none with `concurrency` 0.
+/// scheduler), the filler of new typed slots and the builder of the indexes row queries want;
+/// none with `concurrency` 0.
 pub fn spawn_workers(
     state: &AppState,
     concurrency: usize,
@@ -160,6 +161,7 @@ pub fn spawn_workers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut handles = datasources::sync::spawn_workers(state, concurrency, stop.clone());
     if concurrency > 0 {
+        handles.push(rows::slots::spawn_filler(state.db.clone(), stop.clone()));
         handles.push(rows::indexes::spawn_builder(
             state.db.clone(),
             state.config.database_url().to_owned(),

@@ -211,6 +211,14 @@ pub async fn create_base(
             },
         )
         .await?;
+        crate::rows::slots::assign(
+            &mut w.tx,
+            &principal.tenant,
+            panel_id,
+            row.id,
+            column_type.as_str(),
+        )
+        .await?;
         let response = finish_create(&mut w, row).await?;
         Ok((w, response))
     })
@@ -529,6 +537,17 @@ pub async fn update(
             },
         )
         .await?;
+        // A base column read another way gets a fresh typed slot (rows::slots).
+        if !current.is_calculated() && (retyped || source_field != current.source_field) {
+            crate::rows::slots::assign(
+                &mut w.tx,
+                &principal.tenant,
+                panel_id,
+                column_id,
+                &column_type,
+            )
+            .await?;
+        }
         let tag = column_tag(&row);
         let response = ColumnResponse::from(row);
         let after = to_json(&response)?;

@@ -5,7 +5,8 @@
 //!
 //! `query.rs` compiles a request to SQL (pure), `cursor.rs` signs and reads cursors, `project.rs`
 //! computes the shown values in process, `export.rs` writes CSV and NDJSON, `indexes.rs` builds
-//! the indexes the queries of large panels want.
+//! the indexes the queries of large panels want, `slots.rs` keeps the typed copies of base
+//! columns those indexes and filters read.
 
 pub mod cursor;
 pub mod export;
@@ -16,3 +17,4 @@ pub mod query;
 pub mod repo;
 pub mod routes;
 pub mod service;
+pub mod slots;

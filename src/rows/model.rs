@@ -38,15 +38,19 @@ impl ColumnDef {
 
     /// The path inside a record: a JSON pointer (`/a/b`) or a dotted path (`a.b`).
     pub fn path(&self) -> Vec<String> {
-        let field = self.source_field.as_deref().unwrap_or_default();
-        if let Some(pointer) = field.strip_prefix('/') {
-            pointer
-                .split('/')
-                .map(|s| s.replace("~1", "/").replace("~0", "~"))
-                .collect()
-        } else {
-            field.split('.').map(str::to_owned).collect()
-        }
+        field_path(self.source_field.as_deref().unwrap_or_default())
+    }
+}
+
+/// The path inside a record of a source field: a JSON pointer (`/a/b`) or a dotted path (`a.b`).
+pub fn field_path(field: &str) -> Vec<String> {
+    if let Some(pointer) = field.strip_prefix('/') {
+        pointer
+            .split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect()
+    } else {
+        field.split('.').map(str::to_owned).collect()
     }
 }
 

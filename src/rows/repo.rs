@@ -89,9 +89,11 @@ pub async fn fetch_page(
     if ordered_by_keys {
         // The price a disabled plan shape gets also crosses the threshold of JIT compilation,
         // which would cost a page more than the page itself.
-        sqlx::query("select set_config('enable_sort', 'off', true), set_config('jit', 'off', true)")
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(
+            "select set_config('enable_sort', 'off', true), set_config('jit', 'off', true)",
+        )
+        .execute(&mut *conn)
+        .await?;
     }
     let rows = sqlx::query_with(AssertSqlSafe(sql), args)
         .persistent(false)

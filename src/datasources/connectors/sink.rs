@@ -9,9 +9,13 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use sqlx::postgres::PgArguments;
+use sqlx::{Arguments, AssertSqlSafe};
+
 use super::SyncError;
 use crate::auth::TenantId;
 use crate::db::Db;
+use crate::formula::{SqlBuilder, SqlParam};
 
 /// Records per batch: large enough to amortise round trips, small enough to bound memory.
 pub const BATCH_SIZE: usize = 1000;
@@ -138,35 +142,55 @@ impl Sink {
             hashes.push(hash);
         }
         let mut tx = self.db.begin(&self.tenant).await?;
+        // The panel's typed slots are written with the record (rows::slots); the layout is held
+        // still until this batch commits.
+        let slots = crate::rows::slots::layout(&mut tx, &self.tenant, self.panel_id).await?;
+        let mut extra = SqlBuilder::new(8);
+        let writes = crate::rows::slots::writes(&slots, self.data_source_id, "d", &mut extra);
+        let columns: String = writes.iter().map(|(slot, _)| format!(", {slot}")).collect();
+        let values: String = writes.iter().map(|(_, sql)| format!(", {sql}")).collect();
+        let sets: String = writes
+            .iter()
+            .map(|(slot, _)| format!(", {slot} = excluded.{slot}"))
+            .collect();
         // One statement per batch. Every row is stamped with this run (the delete policy needs
         // it); `updated_at` moves only when the record changed, which is how the answer tells an
         // update (now) from an unchanged row (earlier), and `xmax = 0` tells an insert.
         let sql = if self.track_seen {
-            "insert into panel_row as p (tenant_id, panel_id, data_source_id, record_key, data, hash, seen_run)
-             select $1, $2, $3, k, d, h, $4 from unnest($5::text[], $6::jsonb[], $7::bytea[]) as t(k, d, h)
-             on conflict on constraint panel_row_key do update
-             set data = case when p.hash = excluded.hash then p.data else excluded.data end,
-                 hash = excluded.hash,
-                 seen_run = excluded.seen_run,
-                 updated_at = case when p.hash = excluded.hash then p.updated_at else now() end
-             returning (xmax = 0), (updated_at = now())"
+            format!(
+                "insert into panel_row as p (tenant_id, panel_id, data_source_id, record_key, data, hash, seen_run{columns})
+                 select $1, $2, $3, k, d, h, $4{values} from unnest($5::text[], $6::jsonb[], $7::bytea[]) as t(k, d, h)
+                 on conflict on constraint panel_row_key do update
+                 set data = case when p.hash = excluded.hash then p.data else excluded.data end,
+                     hash = excluded.hash,
+                     seen_run = excluded.seen_run,
+                     updated_at = case when p.hash = excluded.hash then p.updated_at else now() end{sets}
+                 returning (xmax = 0), (updated_at = now())"
+            )
         } else {
-            "insert into panel_row as p (tenant_id, panel_id, data_source_id, record_key, data, hash, seen_run)
-             select $1, $2, $3, k, d, h, $4 from unnest($5::text[], $6::jsonb[], $7::bytea[]) as t(k, d, h)
-             on conflict on constraint panel_row_key do update
-             set data = excluded.data, hash = excluded.hash, seen_run = excluded.seen_run, updated_at = now()
-             where p.hash <> excluded.hash
-             returning (xmax = 0), true"
+            format!(
+                "insert into panel_row as p (tenant_id, panel_id, data_source_id, record_key, data, hash, seen_run{columns})
+                 select $1, $2, $3, k, d, h, $4{values} from unnest($5::text[], $6::jsonb[], $7::bytea[]) as t(k, d, h)
+                 on conflict on constraint panel_row_key do update
+                 set data = excluded.data, hash = excluded.hash, seen_run = excluded.seen_run, updated_at = now(){sets}
+                 where p.hash <> excluded.hash
+                 returning (xmax = 0), true"
+            )
         };
         let written = keys.len() as u64;
-        let outcome: Vec<(bool, bool)> = sqlx::query_as(sql)
-            .bind(self.tenant.as_str())
-            .bind(self.panel_id)
-            .bind(self.data_source_id)
-            .bind(self.run_id)
-            .bind(&keys)
-            .bind(&data)
-            .bind(&hashes)
+        let mut args = PgArguments::default();
+        SqlParam::Text(self.tenant.as_str().to_owned()).bind(&mut args);
+        SqlParam::Int(self.panel_id.0).bind(&mut args);
+        SqlParam::Int(self.data_source_id.0).bind(&mut args);
+        SqlParam::Int(self.run_id.0).bind(&mut args);
+        // Encoding these arrays cannot fail.
+        let _ = args.add(&keys);
+        let _ = args.add(&data);
+        let _ = args.add(&hashes);
+        for p in extra.params {
+            p.bind(&mut args);
+        }
+        let outcome: Vec<(bool, bool)> = sqlx::query_as_with(AssertSqlSafe(sql), args)
             .fetch_all(&mut *tx)
             .await?;
         // Rows the `where` skipped (unchanged) are not returned.
