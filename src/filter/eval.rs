@@ -2,9 +2,9 @@
 //! SQL ([`super::sql`]) is tested against (the row queries' property test runs random trees both
 //! ways over the same rows).
 //!
-//! Text is compared case-insensitively (Unicode lower case, as `panels_lower` in SQL); a
-//! multiple-choice cell is its list of choices; a blank cell passes only `is_empty`, `neq`,
-//! `not_in` and `not_contains`.
+//! Text is compared case-insensitively (Unicode lower case, as `panels_lower` in SQL) and an
+//! empty text is no value; a multiple-choice cell is its list of choices; a blank cell passes
+//! only `is_empty`, `neq`, `not_in` and `not_contains`.
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -64,12 +64,15 @@ impl Cell {
     }
 }
 
-/// Whether the row whose cells `cell` answers passes the tree.
+/// Whether the row whose cells `cell` answers passes the tree. An empty text is no value.
 pub fn matches(tree: &Resolved, cell: &dyn Fn(&str) -> Cell) -> bool {
     match tree {
         Resolved::All(nodes) => nodes.iter().all(|n| matches(n, cell)),
         Resolved::Any(nodes) => nodes.iter().any(|n| matches(n, cell)),
-        Resolved::Condition(c) => passes(&c.test, &cell(&c.field)),
+        Resolved::Condition(c) => match cell(&c.field) {
+            Cell::Text(s) if s.is_empty() => passes(&c.test, &Cell::Blank),
+            other => passes(&c.test, &other),
+        },
     }
 }
 

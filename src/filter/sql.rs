@@ -15,10 +15,24 @@ use crate::formula::{SqlBuilder, SqlParam};
 #[derive(Debug, Clone)]
 pub struct FieldSql {
     pub kind: FieldKind,
-    /// The typed value (`text`, `float8`, `boolean`, `date`, `timestamptz`); for a
-    /// multiple-choice field, a `text[]` of its choices in lower case (empty, never NULL, for a
-    /// blank cell).
+    /// The typed value (`text`, `float8`, `boolean`, `date`, `timestamptz`), an empty text as
+    /// NULL; for a multiple-choice field, a `text[]` of its choices in lower case (empty, never
+    /// NULL, for a blank cell).
     pub sql: String,
+    /// A text already in lower case (a typed slot): compared as it is, which an index on it
+    /// serves under row-level security (`lower` is not leakproof).
+    pub lowered: bool,
+}
+
+impl FieldSql {
+    /// The value in lower case.
+    fn lower(&self) -> String {
+        if self.lowered {
+            self.sql.clone()
+        } else {
+            format!("panels_lower({})", self.sql)
+        }
+    }
 }
 
 /// Appends the tree as a condition (see the module's documentation).
@@ -93,12 +107,10 @@ fn negated(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
 fn condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
     match test {
         Test::Empty => match f.kind {
-            FieldKind::Text => out.push_sql(&format!("coalesce({}, '') = ''", f.sql)),
             FieldKind::List => out.push_sql(&format!("cardinality({}) = 0", f.sql)),
             _ => out.push_sql(&format!("{} is null", f.sql)),
         },
         Test::NotEmpty => match f.kind {
-            FieldKind::Text => out.push_sql(&format!("{} <> ''", f.sql)),
             FieldKind::List => out.push_sql(&format!("cardinality({}) > 0", f.sql)),
             _ => out.push_sql(&format!("{} is not null", f.sql)),
         },
@@ -124,7 +136,7 @@ fn condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
             } else {
                 let text = f.kind == FieldKind::Text;
                 out.push_sql(&if text {
-                    format!("panels_lower({}) in (", f.sql)
+                    format!("{} in (", f.lower())
                 } else {
                     format!("{} in (", f.sql)
                 });
@@ -152,17 +164,17 @@ fn condition(f: &FieldSql, test: &Test, out: &mut SqlBuilder) {
             out.push_sql(")");
         }
         Test::Contains(s) => {
-            out.push_sql(&format!("strpos(panels_lower({}), ", f.sql));
+            out.push_sql(&format!("strpos({}, ", f.lower()));
             lowered(out, s);
             out.push_sql(") > 0");
         }
         Test::StartsWith(s) => {
-            out.push_sql(&format!("starts_with(panels_lower({}), ", f.sql));
+            out.push_sql(&format!("starts_with({}, ", f.lower()));
             lowered(out, s);
             out.push_sql(")");
         }
         Test::EndsWith(s) => {
-            out.push_sql(&format!("panels_ends_with(panels_lower({}), ", f.sql));
+            out.push_sql(&format!("panels_ends_with({}, ", f.lower()));
             lowered(out, s);
             out.push_sql(")");
         }
@@ -225,7 +237,7 @@ fn equals(f: &FieldSql, op: &Operand, out: &mut SqlBuilder) {
     match (f.kind, op) {
         (_, Operand::Nobody) => out.push_sql("false"),
         (FieldKind::Text, Operand::Text(s)) => {
-            out.push_sql(&format!("panels_lower({}) = ", f.sql));
+            out.push_sql(&format!("{} = ", f.lower()));
             lowered(out, s);
         }
         (FieldKind::DateTime, Operand::Day(..)) => {
@@ -294,10 +306,12 @@ mod tests {
                 "name" => FieldSql {
                     kind: FieldKind::Text,
                     sql: "c.name".into(),
+                    lowered: false,
                 },
                 _ => FieldSql {
                     kind: FieldKind::Number,
                     sql: "c.age".into(),
+                    lowered: false,
                 },
             })
         };

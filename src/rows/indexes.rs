@@ -160,7 +160,7 @@ pub fn index_expression(sql: &str, params: &[SqlParam]) -> Option<String> {
 /// (`true`: descending); `fields` the tested expressions as the conditions write them.
 pub fn wanted(
     panel: PanelId,
-    keys: &[(String, bool)],
+    keys: &[(Vec<String>, bool)],
     fields: &[String],
     params: &[SqlParam],
 ) -> Vec<IndexDef> {
@@ -168,13 +168,15 @@ pub fn wanted(
     if !keys.is_empty() {
         // Keys all one way need no direction: the index is read backwards for descending.
         let uniform = keys.iter().all(|(_, desc)| *desc == keys[0].1);
-        let mut columns = Vec::with_capacity(keys.len() + 1);
+        let mut columns = Vec::with_capacity(keys.len() * 2 + 1);
         let mut ok = true;
-        for (sql, desc) in keys {
-            match index_expression(sql, params) {
-                Some(expr) if uniform || !desc => columns.push(format!("({expr})")),
-                Some(expr) => columns.push(format!("({expr}) desc")),
-                None => ok = false,
+        for (sqls, desc) in keys {
+            for sql in sqls {
+                match index_expression(sql, params) {
+                    Some(expr) if uniform || !desc => columns.push(format!("({expr})")),
+                    Some(expr) => columns.push(format!("({expr}) desc")),
+                    None => ok = false,
+                }
             }
         }
         if ok {
@@ -521,18 +523,24 @@ mod tests {
 
     #[test]
     fn a_sort_index_reads_backwards_when_its_keys_run_one_way() {
-        let keys = vec![("r.a".to_owned(), true), ("r.b".to_owned(), true)];
+        let keys = vec![
+            (vec!["r.a".to_owned()], true),
+            (vec!["r.b".to_owned()], true),
+        ];
         let defs = wanted(PanelId(5), &keys, &["panels_lower(r.c)".into()], &[]);
         assert_eq!(defs[0].definition, "(a), (b), id");
         assert_eq!(defs[1].definition, "(panels_lower(c))");
         assert!(defs[0].name.starts_with("panel_row_p5_"));
         let mixed = wanted(
             PanelId(5),
-            &[("r.a".to_owned(), true), ("r.b".to_owned(), false)],
+            &[
+                (vec!["(r.a is null)".to_owned(), "r.a".to_owned()], true),
+                (vec!["r.b".to_owned()], false),
+            ],
             &[],
             &[],
         );
-        assert_eq!(mixed[0].definition, "(a) desc, (b), id");
+        assert_eq!(mixed[0].definition, "((a is null)) desc, (a) desc, (b), id");
     }
 
     #[test]

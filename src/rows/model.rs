@@ -20,6 +20,9 @@ pub struct ColumnDef {
     pub data_source_id: Option<DataSourceId>,
     pub formula: Option<String>,
     pub result_type: Option<String>,
+    /// The column's ready typed slot (`n3`, `t1`, …; see `rows::slots`), if it has one.
+    #[sqlx(default)]
+    pub slot: Option<String>,
 }
 
 impl ColumnDef {

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
 
 use super::model::{ColumnDef, Direction, Nulls};
+use super::slots;
 use crate::auth::TenantId;
 use crate::filter::sql::FieldSql;
 use crate::filter::{self, FieldKind, Resolved};
@@ -48,31 +49,44 @@ pub enum KeyType {
     Instant,
 }
 
-/// A sort key's value as the cursor carries it.
+/// A sort key's value as the cursor carries it (`Null`: an empty value of a slot key).
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyValue {
     Text(String),
     Number(f64),
     Date(NaiveDate),
     Instant(DateTime<Utc>),
+    Null,
 }
 
 impl KeyValue {
-    fn param(&self) -> SqlParam {
-        match self {
+    fn param(&self) -> Option<SqlParam> {
+        Some(match self {
             KeyValue::Text(s) => SqlParam::Text(s.clone()),
             KeyValue::Number(n) => SqlParam::Number(*n),
             KeyValue::Date(d) => SqlParam::Date(*d),
             KeyValue::Instant(t) => SqlParam::Instant(*t),
-        }
+            KeyValue::Null => return None,
+        })
     }
+}
 
-    pub fn key_type(&self) -> KeyType {
+/// A sort key as the query writes it.
+#[derive(Debug, Clone)]
+pub enum KeySql {
+    /// A typed slot, read plainly: ordered by `flag` (whether it is empty, or not, whichever puts
+    /// empty values where the sort wants them) and then by its value. Comparisons of plain
+    /// columns may be index conditions under row-level security.
+    Plain { value: String, flag: String },
+    /// An expression made never empty by a bound past every value (`coalesce(…, bound)`).
+    Bounded(String),
+}
+
+impl KeySql {
+    fn value(&self) -> &str {
         match self {
-            KeyValue::Text(_) => KeyType::Text,
-            KeyValue::Number(_) => KeyType::Number,
-            KeyValue::Date(_) => KeyType::Date,
-            KeyValue::Instant(_) => KeyType::Instant,
+            KeySql::Plain { value, .. } => value,
+            KeySql::Bounded(sql) => sql,
         }
     }
 }
@@ -99,6 +113,8 @@ pub struct Columns<'a> {
     defs: HashMap<&'a str, &'a ColumnDef>,
     /// Base column → its raw JSONB (NULL for rows of another data source).
     raw: HashMap<&'a str, String>,
+    /// Base column → its ready typed slot (`r.n3`) and the slot's kind.
+    slots: HashMap<&'a str, (String, char)>,
     /// Calculated column → its compiled cell, `None` when it cannot be inlined.
     calc: HashMap<&'a str, Option<CompiledParts>>,
     /// The result type each inlined calculated column was compiled for.
@@ -115,6 +131,15 @@ struct FormulaColumns<'c, 'a> {
 impl ColumnSql for FormulaColumns<'_, '_> {
     fn column_sql(&self, name: &str, ty: ValueType, out: &mut SqlBuilder) {
         let c = self.columns;
+        // A typed slot holds what the reader answers (texts in lower case: read those from the
+        // record, where their case is).
+        if let Some((slot, prefix)) = c.slots.get(name)
+            && *prefix != 't'
+            && slots::value_type(*prefix) == ty
+        {
+            out.push_sql(slot);
+            return;
+        }
         if let Some(raw) = c.raw.get(name) {
             let read = formula::safe_cast_sql(ty, raw);
             if ty == ValueType::Text {
@@ -266,6 +291,16 @@ impl<'a> Columns<'a> {
         let mut this = Columns {
             defs: columns.iter().map(|c| (c.name.as_str(), c)).collect(),
             raw: HashMap::new(),
+            slots: columns
+                .iter()
+                .filter(|c| c.kind == "base")
+                .filter_map(|c| {
+                    let slot = slots::checked_slot(c.slot.as_deref()?)?;
+                    let prefix = slot.chars().next()?;
+                    (slots::prefix_for(&c.column_type) == Some(prefix))
+                        .then(|| (c.name.as_str(), (format!("r.{slot}"), prefix)))
+                })
+                .collect(),
             calc: HashMap::new(),
             calc_types: HashMap::new(),
             now,
@@ -329,22 +364,36 @@ impl<'a> Columns<'a> {
         }
     }
 
-    /// How a filter reads the column.
+    /// How a filter reads the column: its slot when it has a ready one; an empty text as NULL.
     pub fn field(&self, name: &str) -> Result<FieldSql, PlanError> {
         let kind = self
             .kind(name)
             .ok_or_else(|| PlanError::UnknownColumn(name.to_owned()))?;
+        if let Some((slot, prefix)) = self.slots.get(name) {
+            return Ok(FieldSql {
+                kind,
+                sql: slot.clone(),
+                lowered: *prefix == 't',
+            });
+        }
         if kind == FieldKind::List
             && let Some(raw) = self.raw.get(name)
         {
             return Ok(FieldSql {
                 kind,
                 sql: format!("panels_jsonb_list({raw})"),
+                lowered: true,
             });
         }
+        let (value, ty) = self.value(name)?;
         Ok(FieldSql {
             kind,
-            sql: self.value(name)?.0,
+            sql: if ty == ValueType::Text {
+                format!("nullif({value}, '')")
+            } else {
+                value
+            },
+            lowered: false,
         })
     }
 
@@ -355,14 +404,31 @@ impl<'a> Columns<'a> {
         name: &str,
         direction: Direction,
         nulls: Nulls,
-    ) -> Result<(String, KeyType), PlanError> {
-        let (value, ty) = self.value(name)?;
+    ) -> Result<(KeySql, KeyType), PlanError> {
         // Whether an empty value goes to the high end of the key's natural order.
         let high = matches!(
             (direction, nulls),
             (Direction::Asc, Nulls::Last) | (Direction::Desc, Nulls::First)
         );
-        Ok(match ty {
+        if let Some((slot, prefix)) = self.slots.get(name) {
+            // Ascending puts `false` first: "is null" when empty values go last; descending puts
+            // `true` first: "is null" when they go first.
+            let flag = if high {
+                format!("({slot} is null)")
+            } else {
+                format!("({slot} is not null)")
+            };
+            let (value, ty) = match prefix {
+                't' => (format!("{slot} collate \"C\""), KeyType::Text),
+                'd' => (slot.clone(), KeyType::Date),
+                's' => (slot.clone(), KeyType::Instant),
+                'b' => (format!("{slot}::int::float8"), KeyType::Number),
+                _ => (slot.clone(), KeyType::Number),
+            };
+            return Ok((KeySql::Plain { value, flag }, ty));
+        }
+        let (value, ty) = self.value(name)?;
+        let (sql, ty) = match ty {
             ValueType::Text => (
                 format!(
                     "coalesce(nullif(panels_lower({value}), ''), {}) collate \"C\"",
@@ -402,14 +468,20 @@ impl<'a> Columns<'a> {
                 ),
                 KeyType::Instant,
             ),
-        })
+        };
+        Ok((KeySql::Bounded(sql), ty))
     }
 
-    /// The text a search reads of a column (a multiple-choice column's choices joined), or
-    /// `None` for a column that is not text.
+    /// The text a search reads of a column in lower case (a multiple-choice column's choices
+    /// joined), or `None` for a column that is not text.
     fn search_text(&self, name: &str) -> Result<Option<String>, PlanError> {
         match self.kind(name) {
-            Some(FieldKind::Text | FieldKind::List) => Ok(Some(self.value(name)?.0)),
+            Some(FieldKind::Text) if let Some((slot, _)) = self.slots.get(name) => {
+                Ok(Some(slot.clone()))
+            }
+            Some(FieldKind::Text | FieldKind::List) => {
+                Ok(Some(format!("panels_lower({})", self.value(name)?.0)))
+            }
             Some(_) => Ok(None),
             None => Err(PlanError::UnknownColumn(name.to_owned())),
         }
@@ -434,7 +506,7 @@ pub struct Plan {
     out: SqlBuilder,
     /// `r.tenant_id = $1 and r.panel_id = $2 and …` (no cursor).
     conditions: String,
-    keys: Vec<(String, KeyType, Direction)>,
+    keys: Vec<(KeySql, KeyType, Direction)>,
     /// The direction of the row id, the last tie-breaker: the last key's.
     id_direction: Direction,
     /// Identifies what the query means (not the moment it runs): a cursor of another query, or
@@ -518,7 +590,7 @@ impl Plan {
             });
             let tests: Vec<String> = texts
                 .iter()
-                .map(|t| format!("coalesce(strpos(panels_lower({t}), {needle}) > 0, false)"))
+                .map(|t| format!("coalesce(strpos({t}, {needle}) > 0, false)"))
                 .collect();
             conditions.push_str(" and ");
             if tests.is_empty() {
@@ -537,9 +609,12 @@ impl Plan {
         let mut hasher = Sha256::new();
         hasher.update(b"rows v1\0");
         hasher.update(conditions.as_bytes());
-        for (sql, _, direction) in &keys {
+        for (key, _, direction) in &keys {
             hasher.update(b"\0key\0");
-            hasher.update(sql.as_bytes());
+            if let KeySql::Plain { flag, .. } = key {
+                hasher.update(flag.as_bytes());
+            }
+            hasher.update(key.value().as_bytes());
             hasher.update(direction.as_str().as_bytes());
         }
         for (i, p) in out.params.iter().enumerate() {
@@ -563,11 +638,18 @@ impl Plan {
         self.keys.iter().map(|(_, ty, _)| *ty).collect()
     }
 
-    /// The sort keys' SQL, `true` for descending.
-    pub fn index_keys(&self) -> Vec<(String, bool)> {
+    /// The sort keys' SQL, each as the columns an index on it needs (a slot key: its flag and
+    /// its value), `true` for descending.
+    pub fn index_keys(&self) -> Vec<(Vec<String>, bool)> {
         self.keys
             .iter()
-            .map(|(sql, _, d)| (sql.clone(), *d == Direction::Desc))
+            .map(|(key, _, d)| {
+                let columns = match key {
+                    KeySql::Plain { value, flag } => vec![flag.clone(), value.clone()],
+                    KeySql::Bounded(sql) => vec![sql.clone()],
+                };
+                (columns, *d == Direction::Desc)
+            })
             .collect()
     }
 
@@ -582,12 +664,13 @@ impl Plan {
             // planner may walk the primary key through other panels' rows instead.
             return "r.tenant_id, r.panel_id, r.id".to_owned();
         }
-        let mut parts: Vec<String> = self
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, (_, _, d))| format!("k{i} {}", d.as_str()))
-            .collect();
+        let mut parts: Vec<String> = Vec::new();
+        for (i, (key, _, d)) in self.keys.iter().enumerate() {
+            if let KeySql::Plain { flag, .. } = key {
+                parts.push(format!("{flag} {}", d.as_str()));
+            }
+            parts.push(format!("k{i} {}", d.as_str()));
+        }
         parts.push(format!("r.id {}", self.id_direction.as_str()));
         parts.join(", ")
     }
@@ -602,29 +685,82 @@ impl Plan {
         self.keys
             .iter()
             .enumerate()
-            .map(|(i, (sql, _, _))| format!(", {sql} as k{i}"))
+            .map(|(i, (key, _, _))| format!(", {} as k{i}", key.value()))
             .collect()
     }
 
     /// The keyset condition: rows after `after` in the query's order. One row comparison when
     /// every key runs one way (an index on the keys seeks straight to it); otherwise the
-    /// expanded form, with a bound on the first key an index can seek by.
+    /// expanded form, with a bound on the first key an index can seek by. A slot key compares
+    /// its flag, then its value; where the cursor's value is empty only the flag (every row with
+    /// the same flag is empty too).
     fn after_sql(&self, after: &After, out: &mut SqlBuilder) -> String {
         out.capture(|out| {
-            let values: Vec<String> = after
-                .keys
-                .iter()
-                .map(|k| out.capture(|out| out.push_param(k.param())))
-                .collect();
+            struct Part {
+                /// The key's columns and the cursor's values for them.
+                left: Vec<String>,
+                right: Vec<String>,
+                /// The key equal to the cursor's.
+                equal: String,
+            }
+            let mut parts = Vec::with_capacity(self.keys.len());
+            for ((key, _, _), value) in self.keys.iter().zip(&after.keys) {
+                let param = value.param().map(|p| out.capture(|out| out.push_param(p)));
+                parts.push(match (key, param) {
+                    (KeySql::Plain { value: v, flag }, Some(p)) => {
+                        // The cursor's value is there: its flag is the one of a present value.
+                        let lit = if flag.ends_with("is null)") {
+                            "false"
+                        } else {
+                            "true"
+                        };
+                        Part {
+                            left: vec![flag.clone(), v.clone()],
+                            right: vec![lit.to_owned(), p.clone()],
+                            equal: format!("{v} = {p}"),
+                        }
+                    }
+                    (KeySql::Plain { value: v, flag }, None) => {
+                        let lit = if flag.ends_with("is null)") {
+                            "true"
+                        } else {
+                            "false"
+                        };
+                        let bare = v.trim_end_matches(" collate \"C\"");
+                        Part {
+                            left: vec![flag.clone()],
+                            right: vec![lit.to_owned()],
+                            equal: format!("{bare} is null"),
+                        }
+                    }
+                    (KeySql::Bounded(sql), Some(p)) => Part {
+                        left: vec![sql.clone()],
+                        right: vec![p.clone()],
+                        equal: format!("{sql} = {p}"),
+                    },
+                    // A bounded key is never empty; a cursor saying so is not ours.
+                    (KeySql::Bounded(sql), None) => Part {
+                        left: vec![sql.clone()],
+                        right: vec!["null".to_owned()],
+                        equal: "false".to_owned(),
+                    },
+                });
+            }
             let id = out.capture(|out| out.push_param(SqlParam::Int(after.id)));
-            let uniform = self.keys.iter().all(|(_, _, d)| *d == self.id_direction);
             let op = |d: Direction| if d == Direction::Asc { ">" } else { "<" };
+            let tuple = |cols: &[String]| {
+                if cols.len() == 1 {
+                    cols[0].clone()
+                } else {
+                    format!("({})", cols.join(", "))
+                }
+            };
+            let uniform = self.keys.iter().all(|(_, _, d)| *d == self.id_direction);
             if uniform {
-                let mut left: Vec<&str> =
-                    self.keys.iter().map(|(sql, _, _)| sql.as_str()).collect();
-                left.push("r.id");
-                let mut right: Vec<&str> = values.iter().map(String::as_str).collect();
-                right.push(&id);
+                let mut left: Vec<String> = parts.iter().flat_map(|p| p.left.clone()).collect();
+                let mut right: Vec<String> = parts.iter().flat_map(|p| p.right.clone()).collect();
+                left.push("r.id".to_owned());
+                right.push(id.clone());
                 out.push_sql(&format!(
                     "({}) {} ({})",
                     left.join(", "),
@@ -633,16 +769,24 @@ impl Plan {
                 ));
                 return;
             }
-            let (first, _, first_dir) = &self.keys[0];
-            out.push_sql(&format!("{first} {}= {} and (", op(*first_dir), values[0]));
+            let first_dir = self.keys[0].2;
+            out.push_sql(&format!(
+                "{} {}= {} and (",
+                tuple(&parts[0].left),
+                op(first_dir),
+                tuple(&parts[0].right)
+            ));
             let mut branches = Vec::new();
             for i in 0..=self.keys.len() {
-                let mut terms: Vec<String> = (0..i)
-                    .map(|j| format!("{} = {}", self.keys[j].0, values[j]))
-                    .collect();
+                let mut terms: Vec<String> = (0..i).map(|j| parts[j].equal.clone()).collect();
                 if i < self.keys.len() {
-                    let (sql, _, d) = &self.keys[i];
-                    terms.push(format!("{sql} {} {}", op(*d), values[i]));
+                    let d = self.keys[i].2;
+                    terms.push(format!(
+                        "{} {} {}",
+                        tuple(&parts[i].left),
+                        op(d),
+                        tuple(&parts[i].right)
+                    ));
                 } else {
                     terms.push(format!("r.id {} {id}", op(self.id_direction)));
                 }
@@ -723,6 +867,7 @@ mod tests {
             data_source_id: (kind == "base").then_some(DataSourceId(7)),
             formula: formula.map(str::to_owned),
             result_type: formula.map(|_| ty.to_owned()),
+            slot: None,
         }
     }
 

@@ -16,8 +16,10 @@ pub async fn columns(
     panel_id: PanelId,
 ) -> sqlx::Result<Vec<ColumnDef>> {
     sqlx::query_as(
-        "select id, name, kind, type, source_field, data_source_id, formula, result_type from panel_column
-         where tenant_id = $1 and panel_id = $2 order by display_order, id",
+        "select c.id, c.name, c.kind, c.type, c.source_field, c.data_source_id, c.formula, c.result_type, s.slot
+           from panel_column c
+           left join panel_slot s on s.tenant_id = c.tenant_id and s.column_id = c.id and s.state = 'ready'
+          where c.tenant_id = $1 and c.panel_id = $2 order by c.display_order, c.id",
     )
     .bind(tenant.as_str())
     .bind(panel_id)
@@ -56,12 +58,14 @@ fn page_row(row: &PgRow, types: &[KeyType]) -> sqlx::Result<PageRow> {
     let mut keys = Vec::with_capacity(types.len());
     for (i, ty) in types.iter().enumerate() {
         let at = 4 + i;
-        keys.push(match ty {
-            KeyType::Text => KeyValue::Text(row.try_get(at)?),
-            KeyType::Number => KeyValue::Number(row.try_get(at)?),
-            KeyType::Date => KeyValue::Date(row.try_get(at)?),
-            KeyType::Instant => KeyValue::Instant(row.try_get(at)?),
-        });
+        // A slot key is empty where its value is; a bounded key never is.
+        let value = match ty {
+            KeyType::Text => row.try_get::<Option<String>, _>(at)?.map(KeyValue::Text),
+            KeyType::Number => row.try_get::<Option<f64>, _>(at)?.map(KeyValue::Number),
+            KeyType::Date => row.try_get::<Option<_>, _>(at)?.map(KeyValue::Date),
+            KeyType::Instant => row.try_get::<Option<_>, _>(at)?.map(KeyValue::Instant),
+        };
+        keys.push(value.unwrap_or(KeyValue::Null));
     }
     Ok(PageRow {
         id: row.try_get(0)?,

@@ -153,8 +153,13 @@ pub async fn assign(
     else {
         return Ok(());
     };
+    // A panel with no rows yet has nothing to fill: its slot is ready at once (no writer of rows
+    // can be halfway through a batch: they hold the lock this transaction waited for).
     sqlx::query(
-        "insert into panel_slot (tenant_id, panel_id, column_id, slot) values ($1, $2, $3, $4)",
+        "insert into panel_slot (tenant_id, panel_id, column_id, slot, state)
+         select $1, $2, $3, $4,
+                case when exists (select 1 from panel_row where tenant_id = $1 and panel_id = $2)
+                     then 'filling' else 'ready' end",
     )
     .bind(tenant.as_str())
     .bind(panel)

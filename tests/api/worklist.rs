@@ -168,12 +168,29 @@ impl Worklist {
     /// A panel with every column of [`BASE`] and [`CALCULATED`] and the [`records`], on a server
     /// whose clock reads [`NOW`].
     async fn new(vars: &[(&str, &str)]) -> Self {
+        Self::build(vars, false).await
+    }
+
+    /// With `records_first`, the records arrive before the columns exist: every column's typed
+    /// slot is then filled by the workers for the rows already there (waited for here).
+    async fn build(vars: &[(&str, &str)], records_first: bool) -> Self {
         let app = TestApp::spawn_at(now(), vars).await;
         let admin = token_for(TENANT, ADMIN, Role::Admin);
         let panel = app.create_panel(&admin, "Follow-up").await;
         let ds = app
             .create_source(&admin, panel, "custom", json!({"keyField": "mrn"}))
             .await;
+        let records = records();
+        let push = |app: &TestApp| {
+            app.post(&format!("/api/panels/{panel}/datasources/{ds}/records"))
+                .bearer(&admin)
+                .json(&json!({ "records": records }))
+                .send()
+        };
+        if records_first {
+            let res = push(&app).await;
+            assert_eq!(res.status, 200, "{}", res.text);
+        }
         let mut columns = Vec::new();
         for (name, ty, field) in BASE {
             let res = app
@@ -192,6 +209,7 @@ impl Worklist {
                 data_source_id: Some(DataSourceId(ds)),
                 formula: None,
                 result_type: None,
+                slot: None,
             });
         }
         for (name, ty, formula) in CALCULATED {
@@ -211,6 +229,7 @@ impl Worklist {
                 data_source_id: None,
                 formula: Some((*formula).into()),
                 result_type: res.body["resultType"].as_str().map(str::to_owned),
+                slot: None,
             });
         }
         let schema = columns
@@ -227,14 +246,27 @@ impl Worklist {
                 ))
             })
             .collect();
-        let records = records();
-        let res = app
-            .post(&format!("/api/panels/{panel}/datasources/{ds}/records"))
-            .bearer(&admin)
-            .json(&json!({ "records": records }))
-            .send()
-            .await;
-        assert_eq!(res.status, 200, "{}", res.text);
+        if records_first {
+            let pool = app.owner_pool().await;
+            let mut filling = -1;
+            for _ in 0..200 {
+                filling = sqlx::query_scalar::<_, i64>(
+                    "select count(*) from panel_slot where panel_id = $1 and state <> 'ready'",
+                )
+                .bind(panel)
+                .fetch_one(&pool)
+                .await
+                .expect("panel_slot");
+                if filling == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert_eq!(filling, 0, "the workers fill every slot");
+        } else {
+            let res = push(&app).await;
+            assert_eq!(res.status, 200, "{}", res.text);
+        }
         let mut w = Self {
             app,
             admin,
@@ -570,16 +602,36 @@ async fn a_view_lists_its_cohort_and_filters_in_its_order_with_its_columns() {
 
 #[tokio::test]
 async fn random_filter_trees_select_the_same_rows_in_sql_and_in_process() {
-    let w = Worklist::new(&[]).await;
+    let cases = std::env::var("WORKLIST_FILTER_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(160);
+    random_trees_agree(Worklist::new(&[]).await, cases).await;
+}
+
+/// The same over typed slots the workers filled for rows that were there before their columns.
+#[tokio::test]
+async fn slots_filled_for_rows_already_there_select_the_same_rows() {
+    let w = Worklist::build(&[], true).await;
+    let pool = w.app.owner_pool().await;
+    let ready: i64 = sqlx::query_scalar(
+        "select count(*) from panel_slot where panel_id = $1 and state = 'ready'",
+    )
+    .bind(w.panel)
+    .fetch_one(&pool)
+    .await
+    .expect("slots");
+    // Every base column but the multiple-choice one has a slot.
+    assert_eq!(ready, BASE.len() as i64 - 1);
+    random_trees_agree(w, 80).await;
+}
+
+async fn random_trees_agree(w: Worklist, cases: u32) {
     let reader = "ann@wl.example";
     let token = token_for(TENANT, reader, Role::Admin);
     let handle = tokio::runtime::Handle::current();
     let w = std::sync::Arc::new(w);
     let shared = w.clone();
-    let cases = std::env::var("WORKLIST_FILTER_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(160);
     let result = tokio::task::spawn_blocking(move || {
         let mut runner = TestRunner::new(Config {
             cases,
