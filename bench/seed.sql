@@ -123,6 +123,23 @@ from panel_column c where c.kind = 'calculated';
 
 commit;
 
+-- Typed slots for the base columns (as migration 20261204000100 gives the columns that exist;
+-- src/rows/slots.rs), ready at once: the rows below are written with them, as the sink writes
+-- them. The ten columns take t1 firstName, t2 lastName, n1 age, t3 email, t4 status, n2 score,
+-- d1 admittedAt, b1 active, t5 city; tags (multiple choice) has none.
+insert into panel_slot (tenant_id, panel_id, column_id, slot, state)
+select tenant_id, panel_id, id, prefix || n, 'ready'
+from (
+    select c.tenant_id, c.panel_id, c.id, k.prefix, k.slots,
+           row_number() over (partition by c.tenant_id, c.panel_id, k.prefix order by c.id) as n
+    from panel_column c
+    join (values ('number', 'n', 16), ('date', 'd', 8), ('datetime', 's', 8), ('boolean', 'b', 8),
+                 ('text', 't', 16), ('select', 't', 16), ('user', 't', 16), ('file', 't', 16), ('custom', 't', 16))
+         as k(type, prefix, slots) on k.type = c.type
+    where c.kind = 'base' and c.panel_id < 5001
+) placed
+where n <= slots;
+
 -- The rows: Zipf-like tenant sizes (weight 1/k, s = 1), split evenly over the tenant's panels.
 -- Secondary indexes are dropped for the load and rebuilt once after it, which is much faster
 -- than maintaining a GIN index row by row; the unique key and foreign keys stay.
@@ -138,8 +155,17 @@ select p.id as panel_id, p.tenant_id,
        (t.n / 20 + case when (p.id - 1) % 20 < t.n % 20 then 1 else 0 end)::int as n
 from t join panel p on p.tenant_id = format('t%s', lpad(t.k::text, 3, '0'));
 
-insert into panel_row (tenant_id, panel_id, data_source_id, record_key, data, hash)
-select s.tenant_id, s.panel_id, s.panel_id, 'r' || i, d.data, sha256(convert_to(d.data::text, 'UTF8'))
+insert into panel_row (tenant_id, panel_id, data_source_id, record_key, data, hash, t1, t2, n1, t3, t4, n2, d1, b1, t5)
+select s.tenant_id, s.panel_id, s.panel_id, 'r' || i, d.data, sha256(convert_to(d.data::text, 'UTF8')),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'firstName')), ''),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'lastName')), ''),
+       panels_jsonb_float8(d.data -> 'age'),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'email')), ''),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'status')), ''),
+       panels_jsonb_float8(d.data -> 'score'),
+       panels_jsonb_date(d.data -> 'admittedAt'),
+       panels_jsonb_bool(d.data -> 'active'),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'city')), '')
 from bench_share s
 cross join lateral generate_series(1, s.n) i
 cross join lateral (
@@ -182,6 +208,18 @@ select 75000 + c.n, 'twl', 5001, c.kind, c.name, c.type,
        c.formula, c.deps, c.result_type,
        jsonb_build_object('display', jsonb_build_object('order', c.n - 1)), c.n - 1
 from bench_column_wl c;
+insert into panel_slot (tenant_id, panel_id, column_id, slot, state)
+select tenant_id, panel_id, id, prefix || n, 'ready'
+from (
+    select c.tenant_id, c.panel_id, c.id, k.prefix, k.slots,
+           row_number() over (partition by c.tenant_id, c.panel_id, k.prefix order by c.id) as n
+    from panel_column c
+    join (values ('number', 'n', 16), ('date', 'd', 8), ('datetime', 's', 8), ('boolean', 'b', 8),
+                 ('text', 't', 16), ('select', 't', 16), ('user', 't', 16), ('file', 't', 16), ('custom', 't', 16))
+         as k(type, prefix, slots) on k.type = c.type
+    where c.kind = 'base' and c.panel_id = 5001
+) placed
+where n <= slots;
 insert into view (id, tenant_id, panel_id, name, owner_user_id, owner_email, is_published, published_at,
                   published_by, visible_columns, filters)
 overriding system value
@@ -205,8 +243,17 @@ values ('twl', 'panel', 5001, 'builder@twl.example', 'owner'),
        ('twl', 'view', 25002, 'builder@twl.example', 'owner'),
        ('twl', 'view', 25003, 'builder@twl.example', 'owner');
 
-insert into panel_row (tenant_id, panel_id, data_source_id, record_key, data, hash)
-select 'twl', 5001, 5001, i::text, d.data, sha256(convert_to(d.data::text, 'UTF8'))
+insert into panel_row (tenant_id, panel_id, data_source_id, record_key, data, hash, t1, t2, n1, t3, t4, n2, d1, b1, t5)
+select 'twl', 5001, 5001, i::text, d.data, sha256(convert_to(d.data::text, 'UTF8')),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'firstName')), ''),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'lastName')), ''),
+       panels_jsonb_float8(d.data -> 'age'),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'email')), ''),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'status')), ''),
+       panels_jsonb_float8(d.data -> 'score'),
+       panels_jsonb_date(d.data -> 'admittedAt'),
+       panels_jsonb_bool(d.data -> 'active'),
+       nullif(panels_lower(panels_jsonb_text(d.data -> 'city')), '')
 from generate_series(1::bigint, :wl_rows) i
 cross join lateral (
     select jsonb_strip_nulls(jsonb_build_object(

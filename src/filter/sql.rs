@@ -26,7 +26,7 @@ pub struct FieldSql {
 
 impl FieldSql {
     /// The value in lower case.
-    fn lower(&self) -> String {
+    pub fn lower(&self) -> String {
         if self.lowered {
             self.sql.clone()
         } else {

@@ -59,10 +59,10 @@ pub fn csv_header(header: &[String]) -> Bytes {
     Bytes::from(csv_line(&neutral))
 }
 
-fn ndjson_line(row: &ExportRow) -> Vec<u8> {
-    let values: Map<String, Value> = row
-        .values
+fn ndjson_line(header: &[String], row: &ExportRow) -> Vec<u8> {
+    let values: Map<String, Value> = header
         .iter()
+        .zip(&row.values)
         .map(|(name, value)| (name.clone(), value.to_json()))
         .collect();
     let mut line = serde_json::to_vec(&json!({
@@ -88,15 +88,25 @@ pub fn body(
         ExportFormat::Csv => Some(Ok(csv_header(header))),
         ExportFormat::Ndjson => None,
     };
+    let names = header.to_vec();
     let chunks = rows.ready_chunks(CHUNK_ROWS).map(move |batch| {
         let mut out = Vec::with_capacity(batch.len() * 128);
-        for row in batch {
-            let row = row.map_err(|e| std::io::Error::other(e.to_string()))?;
-            match format {
-                ExportFormat::Csv => {
-                    out.extend(csv_line(row.values.iter().map(|(_, v)| csv_cell(v))));
+        match format {
+            ExportFormat::Csv => {
+                let mut writer = csv::WriterBuilder::new()
+                    .terminator(csv::Terminator::CRLF)
+                    .from_writer(&mut out);
+                for row in batch {
+                    let row = row.map_err(|e| std::io::Error::other(e.to_string()))?;
+                    writer.write_record(row.values.iter().map(csv_cell))?;
                 }
-                ExportFormat::Ndjson => out.extend(ndjson_line(&row)),
+                writer.flush()?;
+            }
+            ExportFormat::Ndjson => {
+                for row in batch {
+                    let row = row.map_err(|e| std::io::Error::other(e.to_string()))?;
+                    out.extend(ndjson_line(&names, &row));
+                }
             }
         }
         Ok(Bytes::from(out))

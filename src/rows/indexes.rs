@@ -42,7 +42,8 @@ const SWEEP: Duration = Duration::from_secs(600);
 /// The longest a build may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// An index of a panel's rows: its name and the SQL of its columns.
+/// An index of a panel's rows: its name and the SQL of its columns in their parentheses (and
+/// what it includes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexDef {
     pub name: String,
@@ -182,12 +183,14 @@ pub fn wanted(
         if ok {
             let id_desc = !uniform && keys.last().is_some_and(|(_, desc)| *desc);
             columns.push(if id_desc { "id desc" } else { "id" }.to_owned());
-            out.push(IndexDef::new(panel, columns.join(", ")));
+            out.push(IndexDef::new(panel, format!("({})", columns.join(", "))));
         }
     }
     for field in fields {
         if let Some(expr) = index_expression(field, params) {
-            let def = IndexDef::new(panel, format!("({expr})"));
+            // With the tenant in the index, a count can be answered from the index alone (the
+            // row-level security condition reads it).
+            let def = IndexDef::new(panel, format!("(({expr})) include (tenant_id)"));
             if !out.contains(&def) {
                 out.push(def);
             }
@@ -420,7 +423,7 @@ async fn build(
     let mut owner = owner(owner_url).await?;
     // The name and the panel id are ours (checked by the caller); the definition is signed.
     let ddl = format!(
-        "create index concurrently if not exists {} on panel_row ({}) where panel_id = {}",
+        "create index concurrently if not exists {} on panel_row {} where panel_id = {}",
         c.name, c.definition, c.panel_id
     );
     let built = sqlx::query(AssertSqlSafe(ddl)).execute(&mut owner).await;
@@ -528,8 +531,8 @@ mod tests {
             (vec!["r.b".to_owned()], true),
         ];
         let defs = wanted(PanelId(5), &keys, &["panels_lower(r.c)".into()], &[]);
-        assert_eq!(defs[0].definition, "(a), (b), id");
-        assert_eq!(defs[1].definition, "(panels_lower(c))");
+        assert_eq!(defs[0].definition, "((a), (b), id)");
+        assert_eq!(defs[1].definition, "((panels_lower(c))) include (tenant_id)");
         assert!(defs[0].name.starts_with("panel_row_p5_"));
         let mixed = wanted(
             PanelId(5),
@@ -540,7 +543,7 @@ mod tests {
             &[],
             &[],
         );
-        assert_eq!(mixed[0].definition, "((a is null)) desc, (a) desc, (b), id");
+        assert_eq!(mixed[0].definition, "(((a is null)) desc, (a) desc, (b), id)");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct RecordRow<'a> {
     pub checked: &'a HashMap<String, Checked>,
     pub now: DateTime<Utc>,
     /// Each calculated column's cell and, when it failed, why.
-    memo: RefCell<HashMap<String, (formula::Value, Option<String>)>>,
+    memo: RefCell<HashMap<&'a str, (formula::Value, Option<String>)>>,
 }
 
 impl<'a> RecordRow<'a> {
@@ -72,7 +72,7 @@ impl<'a> RecordRow<'a> {
 
 impl formula::Row for RecordRow<'_> {
     fn get(&self, name: &str) -> formula::Value {
-        let Some(column) = self.columns.get(name) else {
+        let Some((&name, column)) = self.columns.get_key_value(name) else {
             return formula::Value::Blank;
         };
         if column.kind == "calculated" {
@@ -91,9 +91,7 @@ impl formula::Row for RecordRow<'_> {
                     Some("the formula no longer checks".to_owned()),
                 ),
             };
-            self.memo
-                .borrow_mut()
-                .insert(name.to_owned(), (value.clone(), why));
+            self.memo.borrow_mut().insert(name, (value.clone(), why));
             return value;
         }
         match self.raw(column) {

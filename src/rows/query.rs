@@ -539,7 +539,7 @@ fn indexable_fields(tree: &Resolved, fields: &HashMap<&str, FieldSql>, out: &mut
             let expr = match f.kind {
                 _ if !positive => return,
                 FieldKind::List => return,
-                FieldKind::Text => format!("panels_lower({})", f.sql),
+                FieldKind::Text => f.lower(),
                 _ => f.sql.clone(),
             };
             if !out.contains(&expr) {

@@ -529,12 +529,12 @@ pub struct Export {
     pub rows: futures::stream::BoxStream<'static, Result<ExportRow>>,
 }
 
-/// One exported row: its identity and its shown values in order.
+/// One exported row: its identity and its shown values, in the header's order.
 pub struct ExportRow {
     pub id: i64,
     pub key: String,
     pub data_source_id: crate::ids::DataSourceId,
-    pub values: Vec<(String, formula::Value)>,
+    pub values: Vec<formula::Value>,
 }
 
 /// Every row of a view, in its order, streamed from one database statement: memory stays that
@@ -617,12 +617,7 @@ fn export_rows(
         while let Some(row) = rows.next().await {
             let item = match row {
                 Ok(r) => {
-                    let values = projector
-                        .shown()
-                        .iter()
-                        .map(|c| c.name.clone())
-                        .zip(projector.values(&r.data, r.data_source_id))
-                        .collect();
+                    let values = projector.values(&r.data, r.data_source_id);
                     Ok(ExportRow {
                         id: r.id,
                         key: r.record_key,
