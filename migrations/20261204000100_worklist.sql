@@ -153,8 +153,9 @@ alter function panels_try_date(text) immutable;
 alter function panels_jsonb_date(jsonb) immutable;
 alter function panels_jsonb_timestamptz(jsonb) immutable;
 
--- Typed slots: a copy of each base column's value, read as its type, in a column of its own on
--- the row (src/rows/slots.rs). The rows query compares and sorts them with plain operators, which
+-- Typed slots: a copy of each column's value, read as its type, in a column of its own on the
+-- row (src/rows/slots.rs): a base column's as its JSON reader answers it, a calculated column's
+-- cell when its formula does not read the clock. The rows query compares and sorts them with plain operators, which
 -- PostgreSQL may use as index conditions under row-level security (it does not for the JSON
 -- readers, which are not leakproof), and reads them without parsing the record. A panel's base
 -- columns take slots of their type while there are free ones: numbers n1..n16, texts t1..t16
@@ -183,6 +184,8 @@ create table panel_slot (
     state       text not null default 'filling',
     -- Rows with an id up to this one are filled.
     filled_to   bigint not null default 0,
+    -- A hash of the SQL that fills the slot ('' for a slot given here, adopted as it is).
+    fill_hash   text not null default '',
     lease_until timestamptz,
     locked_by   text,
     created_at  timestamptz not null default now(),

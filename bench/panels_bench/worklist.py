@@ -46,6 +46,7 @@ class Worklist:
     export: dict | None = None
     sync: dict | None = None
     index_seconds: float | None = None
+    fill_seconds: float | None = None
     deep_page: int = 1000
 
 
@@ -170,6 +171,21 @@ def run(server: Server, tmp: Path, secret: str, duration: float) -> Worklist:
     log("worklist: 100,000 changed rows pushed before the indexes exist")
     before = push_changed(tok, 100_000, 1)
 
+    # The seed gives the base columns their typed slots; a change of the panel's columns gives
+    # the calculated ones theirs too, and the workers fill them for the rows already there.
+    status, _, body = http("PUT", f"/api/panels/{PANEL}/columns/75011", tok, {"properties": {}})
+    if status != 200:
+        wl.notes.append(f"Touching a column answered {status}: {body}.")
+    log("worklist: waiting for the workers to fill the calculated columns' slots")
+    started = time.monotonic()
+    while time.monotonic() - started < 1800:
+        if psql(f"select count(*) from panel_slot where panel_id = {PANEL} and state <> 'ready'") == "0":
+            break
+        time.sleep(2)
+    wl.fill_seconds = time.monotonic() - started
+    slots = psql(f"select count(*) from panel_slot where panel_id = {PANEL}")
+    log(f"  {slots} slots ready in {wl.fill_seconds:.0f} s")
+
     # The views' first requests record the indexes they want; the workers build them.
     for path in (f"/api/views/{VIEW_BASE}/rows?limit=50", f"/api/views/{VIEW_CALC}/rows?limit=50",
                  f"/api/views/{VIEW_ALL}/rows?limit=50", f"/api/panels/{PANEL}/rows/query"):
@@ -244,8 +260,9 @@ def render(wl: Worklist) -> list[str]:
     floor = wl.runs.get("wl_floor")
     lines = ["## Worklists", "",
              f"One panel of 1,000,000 rows (10 base columns with gaps, 5 calculated). {CONNECTIONS} connections in a "
-             "closed loop per scenario; latencies as the client saw them. The indexes the views asked for were built "
-             f"by the workers in {wl.index_seconds or float('nan'):.0f} s.", "",
+             "closed loop per scenario; latencies as the client saw them. The workers filled the calculated "
+             f"columns' typed slots for the million rows in {wl.fill_seconds or float('nan'):.0f} s and built the indexes the "
+             f"views asked for in {wl.index_seconds or float('nan'):.0f} s.", "",
              "| Scenario | req/s | p50 ms | p95 ms | p99 ms | p95 ÷ reference | target p95 | met |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for key, title in TITLES.items():

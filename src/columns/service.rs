@@ -211,14 +211,7 @@ pub async fn create_base(
             },
         )
         .await?;
-        crate::rows::slots::assign(
-            &mut w.tx,
-            &principal.tenant,
-            panel_id,
-            row.id,
-            column_type.as_str(),
-        )
-        .await?;
+        crate::rows::slots::refresh(&mut w.tx, &principal.tenant, panel_id).await?;
         let response = finish_create(&mut w, row).await?;
         Ok((w, response))
     })
@@ -268,6 +261,7 @@ pub async fn create_calculated(
             },
         )
         .await?;
+        crate::rows::slots::refresh(&mut w.tx, &principal.tenant, panel_id).await?;
         let response = finish_create(&mut w, row).await?;
         Ok((w, response))
     })
@@ -537,17 +531,9 @@ pub async fn update(
             },
         )
         .await?;
-        // A base column read another way gets a fresh typed slot (rows::slots).
-        if !current.is_calculated() && (retyped || source_field != current.source_field) {
-            crate::rows::slots::assign(
-                &mut w.tx,
-                &principal.tenant,
-                panel_id,
-                column_id,
-                &column_type,
-            )
-            .await?;
-        }
+        // A column read or computed another way (and those built on it) fill their typed slots
+        // anew (rows::slots).
+        crate::rows::slots::refresh(&mut w.tx, &principal.tenant, panel_id).await?;
         let tag = column_tag(&row);
         let response = ColumnResponse::from(row);
         let after = to_json(&response)?;
@@ -733,6 +719,8 @@ pub async fn delete(
     if !repo::delete_column(&mut w.tx, &principal.tenant, column_id).await? {
         return Err(not_found());
     }
+    // Columns computed from it fill (or lose) their typed slots (rows::slots).
+    crate::rows::slots::refresh(&mut w.tx, &principal.tenant, panel_id).await?;
     w.changed(Change::panel("column.deleted", panel_id).with("columnId", column_id));
     Ok((w, ()))
     })

@@ -113,6 +113,38 @@ impl SqlBuilder {
         self.first_placeholder + self.params.len()
     }
 
+    /// `sql` (built with this builder's parameters) and the parameters it reads, renumbered in
+    /// the order it first reads them; placeholders below the builder's first are the caller's
+    /// own and stay. A parameter bound for text that was left out of the statement would
+    /// otherwise be one the statement does not declare.
+    pub fn compact(&self, sql: &str) -> (String, Vec<SqlParam>) {
+        let mut map: Vec<Option<usize>> = vec![None; self.params.len()];
+        let mut params = Vec::new();
+        let mut out = String::with_capacity(sql.len());
+        let mut rest = sql;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let digits = rest[at + 1..]
+                .bytes()
+                .take_while(u8::is_ascii_digit)
+                .count();
+            let number: Option<usize> = rest[at + 1..at + 1 + digits].parse().ok();
+            match number.and_then(|n| n.checked_sub(self.first_placeholder).map(|i| (n, i))) {
+                Some((_, i)) if i < self.params.len() => {
+                    let new = *map[i].get_or_insert_with(|| {
+                        params.push(self.params[i].clone());
+                        self.first_placeholder + params.len() - 1
+                    });
+                    out.push_str(&format!("${new}"));
+                }
+                _ => out.push_str(&rest[at..at + 1 + digits]),
+            }
+            rest = &rest[at + 1 + digits..];
+        }
+        out.push_str(rest);
+        (out, params)
+    }
+
     /// Runs `emit` and takes the text it appended, leaving the parameters it bound in place:
     /// the text can then be written into the query more than once.
     pub fn capture(&mut self, emit: impl FnOnce(&mut SqlBuilder)) -> String {
@@ -876,6 +908,20 @@ mod tests {
         let mut out = SqlBuilder::new(1);
         compile_sql(&checked, &JsonbColumns { row: "r.data" }, &mut out);
         assert!(out.sql.len() < 5_000, "{} bytes", out.sql.len());
+    }
+
+    #[test]
+    fn a_statement_binds_only_the_parameters_it_reads() {
+        let mut out = SqlBuilder::new(3);
+        out.push_param(SqlParam::Text("a".into()));
+        out.push_param(SqlParam::Text("unused".into()));
+        out.push_param(SqlParam::Number(1.0));
+        let (sql, params) = out.compact("select $1, $5::float8, $3::text, $5, $12");
+        assert_eq!(sql, "select $1, $3::float8, $4::text, $3, $12");
+        assert_eq!(
+            params,
+            vec![SqlParam::Number(1.0), SqlParam::Text("a".into())]
+        );
     }
 
     #[test]

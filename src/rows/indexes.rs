@@ -264,9 +264,36 @@ async fn record(db: Db, key: IndexKey, mut receiver: mpsc::Receiver<Want>) {
     }
 }
 
+/// At most this many indexes per panel: a panel's views cannot make the server build and
+/// maintain indexes without bound (the oldest wanted go first when they are no longer wanted).
+pub const MAX_PER_PANEL: i64 = 16;
+
 async fn record_one(db: &Db, key: &IndexKey, want: &Want) -> Result<(), sqlx::Error> {
     let mut tx = db.begin(&want.tenant).await?;
+    let held: i64 = sqlx::query_scalar(
+        "select count(*) from panel_index where tenant_id = $1 and panel_id = $2",
+    )
+    .bind(want.tenant.as_str())
+    .bind(want.panel)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut room = MAX_PER_PANEL - held;
     for def in &want.defs {
+        let known: bool = sqlx::query_scalar(
+            "select exists (select 1 from panel_index where tenant_id = $1 and panel_id = $2 and name = $3)",
+        )
+        .bind(want.tenant.as_str())
+        .bind(want.panel)
+        .bind(&def.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !known {
+            if room <= 0 {
+                tracing::info!(panel_id = %want.panel, "a panel holds its most indexes: one more is not built");
+                continue;
+            }
+            room -= 1;
+        }
         let signature = key.sign(want.panel.0, &def.name, &def.definition);
         sqlx::query(
             "insert into panel_index (tenant_id, panel_id, name, definition, signature)
@@ -532,7 +559,10 @@ mod tests {
         ];
         let defs = wanted(PanelId(5), &keys, &["panels_lower(r.c)".into()], &[]);
         assert_eq!(defs[0].definition, "((a), (b), id)");
-        assert_eq!(defs[1].definition, "((panels_lower(c))) include (tenant_id)");
+        assert_eq!(
+            defs[1].definition,
+            "((panels_lower(c))) include (tenant_id)"
+        );
         assert!(defs[0].name.starts_with("panel_row_p5_"));
         let mixed = wanted(
             PanelId(5),
@@ -543,7 +573,10 @@ mod tests {
             &[],
             &[],
         );
-        assert_eq!(mixed[0].definition, "(((a is null)) desc, (a) desc, (b), id)");
+        assert_eq!(
+            mixed[0].definition,
+            "(((a is null)) desc, (a) desc, (b), id)"
+        );
     }
 
     #[test]

@@ -21,8 +21,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgArguments;
 
-use super::model::{ColumnDef, Direction, Nulls};
-use super::slots;
+use super::model::{ColumnDef, Direction, Nulls, RowWarning};
 use crate::auth::TenantId;
 use crate::filter::sql::FieldSql;
 use crate::filter::{self, FieldKind, Resolved};
@@ -135,7 +134,8 @@ impl ColumnSql for FormulaColumns<'_, '_> {
         // record, where their case is).
         if let Some((slot, prefix)) = c.slots.get(name)
             && *prefix != 't'
-            && slots::value_type(*prefix) == ty
+            && c.raw.contains_key(name)
+            && slot_value_type(*prefix) == ty
         {
             out.push_sql(slot);
             return;
@@ -253,21 +253,34 @@ pub fn dependency_order<'a>(
 
 /// The raw JSONB of a base column (`r.data -> 'field'` or `r.data #> path`), NULL for rows of
 /// another data source when the column names one.
-fn raw_sql(column: &ColumnDef, out: &mut SqlBuilder) -> String {
+/// How SQL reads a record: its JSONB and the id of its data source (trusted SQL).
+#[derive(Debug, Clone, Copy)]
+pub struct Record<'s> {
+    pub data: &'s str,
+    pub source: &'s str,
+}
+
+/// A row of `panel_row` as the rows query names it.
+pub const ROW: Record<'static> = Record {
+    data: "r.data",
+    source: "r.data_source_id",
+};
+
+fn raw_sql(column: &ColumnDef, record: Record<'_>, out: &mut SqlBuilder) -> String {
     out.capture(|out| {
         if let Some(ds) = column.data_source_id {
             // An id from our own table, not user text.
-            out.push_sql(&format!("(case when r.data_source_id = {ds} then "));
+            out.push_sql(&format!("(case when {} = {ds} then ", record.source));
         } else {
             out.push_sql("(");
         }
         let path = column.path();
         if path.len() == 1 {
-            out.push_sql("r.data -> ");
+            out.push_sql(&format!("{} -> ", record.data));
             out.push_param(SqlParam::Text(path[0].clone()));
         } else {
             // Path segments joined by the unit separator, split again in SQL: one text parameter.
-            out.push_sql("r.data #> string_to_array(");
+            out.push_sql(&format!("{} #> string_to_array(", record.data));
             out.push_param(SqlParam::Text(path.join("\u{1f}")));
             out.push_sql(", chr(31))");
         }
@@ -288,16 +301,29 @@ impl<'a> Columns<'a> {
         now: String,
         out: &mut SqlBuilder,
     ) -> Self {
+        Self::reading(columns, checked, now, ROW, true, out)
+    }
+
+    /// Compiles every column as read from `record`; `use_slots` reads ready typed slots where
+    /// columns have them (a writer of slots computes them from the record instead).
+    pub fn reading(
+        columns: &'a [ColumnDef],
+        checked: &'a HashMap<String, Checked>,
+        now: String,
+        record: Record<'_>,
+        use_slots: bool,
+        out: &mut SqlBuilder,
+    ) -> Self {
         let mut this = Columns {
             defs: columns.iter().map(|c| (c.name.as_str(), c)).collect(),
             raw: HashMap::new(),
             slots: columns
                 .iter()
-                .filter(|c| c.kind == "base")
+                .filter(|_| use_slots)
                 .filter_map(|c| {
-                    let slot = slots::checked_slot(c.slot.as_deref()?)?;
+                    let slot = checked_slot(c.slot.as_deref()?)?;
                     let prefix = slot.chars().next()?;
-                    (slots::prefix_for(&c.column_type) == Some(prefix))
+                    (slot_prefix(c) == Some(prefix))
                         .then(|| (c.name.as_str(), (format!("r.{slot}"), prefix)))
                 })
                 .collect(),
@@ -306,7 +332,7 @@ impl<'a> Columns<'a> {
             now,
         };
         for column in columns.iter().filter(|c| c.kind == "base") {
-            let raw = raw_sql(column, out);
+            let raw = raw_sql(column, record, out);
             this.raw.insert(column.name.as_str(), raw);
         }
         for column in dependency_order(columns, checked) {
@@ -486,6 +512,133 @@ impl<'a> Columns<'a> {
             None => Err(PlanError::UnknownColumn(name.to_owned())),
         }
     }
+}
+
+/// The kinds of typed slots, by prefix, with how many `panel_row` has (`rows::slots`).
+pub const SLOT_KINDS: &[(char, usize)] = &[('n', 16), ('t', 16), ('d', 8), ('s', 8), ('b', 8)];
+
+/// The slot prefix of a column: a base column's by its type, a calculated column's by its
+/// formula's result type; `None` for a multiple-choice column.
+pub fn slot_prefix(column: &ColumnDef) -> Option<char> {
+    let ty = if column.kind == "calculated" {
+        column.value_type().name()
+    } else {
+        column.column_type.as_str()
+    };
+    Some(match ty {
+        "number" => 'n',
+        "date" => 'd',
+        "datetime" => 's',
+        "boolean" => 'b',
+        "multi_select" => return None,
+        _ => 't',
+    })
+}
+
+/// A slot name read from the database, checked to be one of the table's columns before it is
+/// written into SQL.
+pub fn checked_slot(slot: &str) -> Option<&str> {
+    let mut chars = slot.chars();
+    let prefix = chars.next()?;
+    let count = SLOT_KINDS.iter().find(|(p, _)| *p == prefix)?.1;
+    let digits = chars.as_str();
+    let n: usize = digits.parse().ok()?;
+    (digits.len() <= 2 && !digits.starts_with('0') && (1..=count).contains(&n)).then_some(slot)
+}
+
+/// The formula type a slot holds.
+pub fn slot_value_type(prefix: char) -> ValueType {
+    match prefix {
+        'n' => ValueType::Number,
+        'd' => ValueType::Date,
+        's' => ValueType::DateTime,
+        'b' => ValueType::Boolean,
+        _ => ValueType::Text,
+    }
+}
+
+/// What fills a column's typed slot: its value's SQL over a record.
+#[derive(Debug, Clone)]
+pub struct Fill {
+    pub column: String,
+    pub prefix: char,
+    pub sql: String,
+}
+
+/// The SQL that fills each column's slot from `record`, with its parameters bound in `out`: a
+/// base column's value as its reader answers it, a calculated column's cell (when its formula
+/// does not read the clock, which changes it without any write). A text is in lower case, "" as
+/// NULL. A column that cannot be computed inside a query has none.
+pub fn fills(
+    columns: &[ColumnDef],
+    checked: &HashMap<String, Checked>,
+    record: Record<'_>,
+    out: &mut SqlBuilder,
+) -> Vec<Fill> {
+    let cols = Columns::reading(columns, checked, "now()".to_owned(), record, false, out);
+    let mut fills = Vec::new();
+    for column in columns {
+        let Some(prefix) = slot_prefix(column) else {
+            continue;
+        };
+        let value = if let Some(raw) = cols.raw.get(column.name.as_str()) {
+            formula::safe_cast_sql(slot_value_type(prefix), raw)
+        } else {
+            match cols.calc.get(column.name.as_str()) {
+                Some(Some(parts))
+                    if cols.calc_types.get(column.name.as_str())
+                        == Some(&slot_value_type(prefix)) =>
+                {
+                    let cell = parts.cell();
+                    if cell.contains("now()") {
+                        continue;
+                    }
+                    cell
+                }
+                _ => continue,
+            }
+        };
+        let sql = if prefix == 't' {
+            format!("nullif(panels_lower({value}), '')")
+        } else {
+            value
+        };
+        fills.push(Fill {
+            column: column.name.clone(),
+            prefix,
+            sql,
+        });
+    }
+    fills
+}
+
+/// Checks every calculated column's formula against the panel as it is now; a formula that no
+/// longer checks (a dependency was retyped) yields blank cells and a warning, never a failed page.
+pub fn check_all(columns: &[ColumnDef]) -> (HashMap<String, Checked>, Vec<RowWarning>) {
+    let schema: formula::Schema = columns
+        .iter()
+        .map(|c| (c.name.clone(), c.value_type()))
+        .collect();
+    let mut checked = HashMap::new();
+    let mut warnings = Vec::new();
+    for column in columns.iter().filter(|c| c.kind == "calculated") {
+        match column
+            .formula
+            .as_deref()
+            .map(|f| formula::analyze(f, &schema))
+        {
+            Some(Ok(c)) => {
+                checked.insert(column.name.clone(), c);
+            }
+            Some(Err(e)) => warnings.push(RowWarning {
+                column: column.name.clone(),
+                count: 0,
+                message: format!("formula no longer valid: {e}"),
+            }),
+            None => {}
+        }
+    }
+    (checked, warnings)
 }
 
 /// What the query asks for, resolved against the panel.
@@ -797,12 +950,14 @@ impl Plan {
         })
     }
 
-    fn arguments(out: SqlBuilder) -> PgArguments {
+    /// The statement with the parameters it reads (see [`SqlBuilder::compact`]).
+    fn statement(out: &SqlBuilder, sql: &str) -> (String, PgArguments) {
+        let (sql, params) = out.compact(sql);
         let mut args = PgArguments::default();
-        for p in out.params {
+        for p in params {
             p.bind(&mut args);
         }
-        args
+        (sql, args)
     }
 
     /// One page: `(id, record_key, data_source_id, data, k0, k1, …)`, `limit` rows after `after`.
@@ -820,7 +975,7 @@ impl Plan {
             self.select_keys(),
             self.order_by()
         );
-        (sql, Self::arguments(out))
+        Self::statement(&out, &sql)
     }
 
     /// Every matching row in order (an export).
@@ -831,13 +986,13 @@ impl Plan {
             self.conditions,
             self.order_by()
         );
-        (sql, Self::arguments(self.out.clone()))
+        Self::statement(&self.out, &sql)
     }
 
     /// The number of matching rows.
     pub fn count(&self) -> (String, PgArguments) {
         let sql = format!("select count(*) from panel_row r where {}", self.conditions);
-        (sql, Self::arguments(self.out.clone()))
+        Self::statement(&self.out, &sql)
     }
 
     /// The planner's estimate of the number of matching rows.
@@ -846,7 +1001,7 @@ impl Plan {
             "explain (format json) select 1 from panel_row r where {}",
             self.conditions
         );
-        (sql, Self::arguments(self.out.clone()))
+        Self::statement(&self.out, &sql)
     }
 }
 

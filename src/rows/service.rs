@@ -13,7 +13,7 @@ use super::cursor::{self, CursorError};
 use super::indexes;
 use super::model::*;
 use super::project::{Projector, RecordRow};
-use super::query::{After, Plan, PlanError, Request, SortSpec};
+use super::query::{After, Plan, PlanError, Request, SortSpec, check_all};
 use super::repo;
 use crate::auth::Principal;
 use crate::db::Tx;
@@ -35,32 +35,6 @@ fn schema_of(columns: &[ColumnDef], except: Option<&str>) -> Schema {
         .filter(|c| Some(c.name.as_str()) != except)
         .map(|c| (c.name.clone(), c.value_type()))
         .collect()
-}
-
-/// Checks every calculated column's formula against the panel as it is now; a formula that no
-/// longer checks (a dependency was retyped) yields blank cells and a warning, never a failed page.
-fn check_all(columns: &[ColumnDef]) -> (HashMap<String, Checked>, Vec<RowWarning>) {
-    let schema = schema_of(columns, None);
-    let mut checked = HashMap::new();
-    let mut warnings = Vec::new();
-    for column in columns.iter().filter(|c| c.kind == "calculated") {
-        match column
-            .formula
-            .as_deref()
-            .map(|f| formula::analyze(f, &schema))
-        {
-            Some(Ok(c)) => {
-                checked.insert(column.name.clone(), c);
-            }
-            Some(Err(e)) => warnings.push(RowWarning {
-                column: column.name.clone(),
-                count: 0,
-                message: format!("formula no longer valid: {e}"),
-            }),
-            None => {}
-        }
-    }
-    (checked, warnings)
 }
 
 /// The filter kind of a column (a calculated column's by its formula's result type).
@@ -152,6 +126,10 @@ fn query_error(state: &AppState, e: sqlx::Error) -> ApiError {
 struct Query<'a> {
     /// Whether the panel's cohort rule applies.
     cohort: bool,
+    /// Whether the query is one the panel keeps (a view's, the cohort's): the indexes it could
+    /// use are built for it. An ad-hoc query uses the indexes there are (wanting its own would let
+    /// anyone make the server build indexes at will).
+    prepared: bool,
     /// The filter tree and the name its errors are reported under.
     filter: Option<(FilterGroup, &'static str)>,
     sorts: Vec<SortSpec>,
@@ -281,7 +259,9 @@ async fn page(
     let (checked, mut warnings) = check_all(&columns);
     let prepared = prepare(state, principal, panel, &columns, &checked, &query)?;
     let plan = &prepared.plan;
-    want_indexes(state, principal, panel.id, plan);
+    if query.prepared {
+        want_indexes(state, principal, panel.id, plan);
+    }
     let types = plan.key_types();
     let after = query
         .cursor
@@ -390,6 +370,7 @@ pub async fn panel_rows(
     let all = params.cohort == Some(CohortMode::All);
     let query = Query {
         cohort: !all,
+        prepared: true,
         filter: None,
         sorts: Vec::new(),
         shown: None,
@@ -428,6 +409,7 @@ pub async fn query_rows(
         .collect();
     let query = Query {
         cohort: true,
+        prepared: false,
         filter: req.filter.map(|f| (f, "filter")),
         sorts,
         shown: req.columns.as_deref().map(Shown::Names),
@@ -454,6 +436,7 @@ fn view_query<'a>(
 ) -> Query<'a> {
     Query {
         cohort: true,
+        prepared: true,
         filter: Some((view.filter_tree(), "filters")),
         sorts: sorts
             .into_iter()

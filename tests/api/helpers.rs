@@ -92,8 +92,15 @@ impl TestApp {
         Self::serve(state, database_url.to_owned()).await
     }
 
-    /// The test defaults with `vars` on top (an empty value removes a default).
+    /// The test defaults with `vars` on top (an empty value removes a default). With `TEST_LOG`
+    /// set (a `RUST_LOG` filter), the servers' logs go to the test's output.
     fn config(database_url: &str, vars: &[(&str, &str)]) -> Config {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let mut env: HashMap<String, String> = HashMap::from([
             ("DATABASE_URL".to_owned(), database_url.to_owned()),
             ("JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),

@@ -144,9 +144,16 @@ impl Sink {
         let mut tx = self.db.begin(&self.tenant).await?;
         // The panel's typed slots are written with the record (rows::slots); the layout is held
         // still until this batch commits.
-        let slots = crate::rows::slots::layout(&mut tx, &self.tenant, self.panel_id).await?;
         let mut extra = SqlBuilder::new(8);
-        let writes = crate::rows::slots::writes(&slots, self.data_source_id, "d", &mut extra);
+        let writes = crate::rows::slots::writes(
+            &mut tx,
+            &self.tenant,
+            self.panel_id,
+            self.data_source_id,
+            "d",
+            &mut extra,
+        )
+        .await?;
         let columns: String = writes.iter().map(|(slot, _)| format!(", {slot}")).collect();
         let values: String = writes.iter().map(|(_, sql)| format!(", {sql}")).collect();
         let sets: String = writes
@@ -178,6 +185,7 @@ impl Sink {
             )
         };
         let written = keys.len() as u64;
+        let (sql, extra_params) = extra.compact(&sql);
         let mut args = PgArguments::default();
         SqlParam::Text(self.tenant.as_str().to_owned()).bind(&mut args);
         SqlParam::Int(self.panel_id.0).bind(&mut args);
@@ -187,7 +195,7 @@ impl Sink {
         let _ = args.add(&keys);
         let _ = args.add(&data);
         let _ = args.add(&hashes);
-        for p in extra.params {
+        for p in extra_params {
             p.bind(&mut args);
         }
         let outcome: Vec<(bool, bool)> = sqlx::query_as_with(AssertSqlSafe(sql), args)
