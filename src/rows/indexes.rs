@@ -6,8 +6,11 @@
 //! records the indexes its query could use ([`wanted`]), a few at a time and at most once an hour
 //! per index and process ([`Wants`]); a worker ([`spawn_builder`]) builds them with
 //! `create index concurrently … where panel_id = <panel>` as the table's owner, skips panels too
-//! small to need one, and drops what nobody wanted for [`KEEP`]. A calculated column is indexed on
-//! its formula (when the formula is immutable), so filtering and sorting on it read an index too.
+//! small to need one, and drops what nobody wanted for [`KEEP`]. Indexes are on typed slots
+//! (`slots.rs`), calculated columns' included, so filtering and sorting on a formula read an
+//! index too. A column without a ready slot is indexed on its inline expression when that is
+//! immutable: such an index serves the order, and under row-level security not the conditions
+//! (their functions are not leakproof).
 //!
 //! The definitions are SQL the owner runs. They are built here with every value a quoted literal,
 //! and signed with a key derived from `JWT_SECRET` that the database never holds: the builder
