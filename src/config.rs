@@ -149,6 +149,12 @@ pub struct Config {
     pub export_concurrency: usize,
     /// Panels with fewer rows get no index for their queries (a scan of them is fast already).
     pub index_min_rows: i64,
+    /// How long events are kept for streams to resume from.
+    pub event_retention_hours: u64,
+    /// How often a tenant's feed reads the event log without a wake-up (Redis down or absent).
+    pub event_poll: Duration,
+    /// The comment an idle event stream sends to keep proxies from closing it.
+    pub event_heartbeat: Duration,
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -468,6 +474,9 @@ impl Config {
             export_timeout: millis(&get, "EXPORT_TIMEOUT_MS", 600_000, 1_000, 86_400_000)?,
             export_concurrency: ranged(&get, "EXPORT_CONCURRENCY", 2usize, 1, 64)?,
             index_min_rows: ranged(&get, "WORKLIST_INDEX_MIN_ROWS", 20_000i64, 1, i64::MAX)?,
+            event_retention_hours: ranged(&get, "EVENT_RETENTION_HOURS", 72u64, 1, 24 * 365)?,
+            event_poll: millis(&get, "EVENT_POLL_MS", 1_000, 50, 60_000)?,
+            event_heartbeat: millis(&get, "EVENT_HEARTBEAT_MS", 15_000, 100, 300_000)?,
         })
     }
 

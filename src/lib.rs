@@ -14,6 +14,7 @@ pub mod datasources;
 pub mod db;
 pub mod error;
 pub mod etag;
+pub mod events;
 pub mod extract;
 pub mod filter;
 pub mod formula;
@@ -83,6 +84,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         ),
     };
     let (index_wants, _recorder) = rows::indexes::Wants::start(db.clone(), index_key.clone());
+    let (db_for_events, cache_for_events) = (db.clone(), cache.clone());
     Ok(AppState::new(state::Shared {
         wakeup: jobs::Wakeup::default(),
         creates: panels::batch::CreateBatcher::new(db.clone()),
@@ -97,6 +99,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         index_wants: Arc::new(index_wants),
         clock: state::Clock::default(),
         exports: Arc::new(tokio::sync::Semaphore::new(config.export_concurrency)),
+        events: events::hub::Hub::start(db_for_events, cache_for_events, config.event_poll),
         config: Arc::new(config),
     }))
 }
@@ -120,6 +123,7 @@ pub async fn serve_on(
 ) -> anyhow::Result<()> {
     let deadline = state.config.shutdown_timeout;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let events = state.events.clone();
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     // Answers go out when written: without TCP_NODELAY, Nagle's algorithm holds a small write
     // while an earlier one is unacknowledged, until the client's delayed ACK.
@@ -130,6 +134,8 @@ pub async fn serve_on(
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
+        // Open event streams end (with `retry:`) rather than hold the drain up.
+        events.shutdown();
         let _ = stopping_tx.send(());
     });
     let server = server.into_future();
@@ -162,6 +168,11 @@ pub fn spawn_workers(
     let mut handles = datasources::sync::spawn_workers(state, concurrency, stop.clone());
     if concurrency > 0 {
         handles.push(rows::slots::spawn_filler(state.db.clone(), stop.clone()));
+        handles.push(events::retention::spawn(
+            state.db.clone(),
+            state.config.event_retention_hours,
+            stop.clone(),
+        ));
         handles.push(rows::indexes::spawn_builder(
             state.db.clone(),
             state.config.database_url().to_owned(),

@@ -37,6 +37,7 @@ use crate::error::{ErrorBody, FieldError};
         (name = "Rows", description = "A panel's rows through its columns, and formula dry runs"),
         (name = "Changes and notifications", description = "Structural change history and view notifications"),
         (name = "ACLs", description = "Per-resource permissions"),
+        (name = "Events", description = "Live changes: a stream that resumes where it left off"),
         (name = "Operations", description = "Health, readiness and metrics (no authentication)"),
     )
 )]

@@ -26,7 +26,9 @@ use utoipa_axum::routes;
 use crate::error::{ApiError, REQUEST_ID, envelope};
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
-use crate::{acls, auth, changes, columns, datasources, health, metrics, panels, rows, views};
+use crate::{
+    acls, auth, changes, columns, datasources, events, health, metrics, panels, rows, views,
+};
 
 /// Every API module, with paths relative to `/api`.
 pub fn api_routes() -> OpenApiRouter<AppState> {
@@ -39,6 +41,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(rows::routes::router())
         .merge(acls::routes::router())
         .merge(changes::routes::router())
+        .merge(events::routes::router())
 }
 
 /// The OpenAPI document of everything served (the API under `/api`, and the operations routes).

@@ -72,6 +72,8 @@ pub struct Shared {
     pub cursor_key: crate::rows::cursor::CursorKey,
     /// What time it is (relative dates in filters, NOW() in the rows a query shows).
     pub clock: Clock,
+    /// This instance's fan-out of the event log to its streams.
+    pub events: crate::events::hub::Hub,
 }
 
 /// The time: the system's clock, or a fixed moment (tests of relative dates).

@@ -8,7 +8,8 @@
 //!    its answer, recording the panel change through [`Writer::record`] and naming what readers
 //!    must see change through [`Writer::changed`] (by value rather than borrowed, so the
 //!    closure's future is an ordinary type whose `Send` the compiler can see);
-//! 4. store the idempotent response;
+//! 4. store the idempotent response, and append each change's event to the event log
+//!    (`events`, the transactional outbox);
 //! 5. commit;
 //! 6. only then, invalidate the cache and publish ([`published`]), for every change named.
 //!
@@ -23,6 +24,8 @@ use crate::cache::Change;
 use crate::changes::{self, Affect, NewChange};
 use crate::db::Tx;
 use crate::error::{Result, to_json};
+use crate::events::model::NewEvent;
+use crate::events::repo as event_log;
 use crate::idempotency::{self, Outcome};
 use crate::state::AppState;
 
@@ -77,10 +80,16 @@ async fn begin<'a>(state: &AppState, principal: &'a Principal) -> Result<Writer<
 
 async fn commit(state: &AppState, writer: Writer<'_>) -> Result<()> {
     let Writer {
-        tx,
+        mut tx,
         principal,
         changes,
     } = writer;
+    let events: Vec<NewEvent> = changes
+        .iter()
+        .filter(|change| !change.is_logged())
+        .map(|change| NewEvent::of_change(change, principal))
+        .collect();
+    event_log::append(&mut tx, &principal.tenant, &events).await?;
     tx.commit().await?;
     published(state, &principal.tenant, changes).await;
     Ok(())
@@ -144,6 +153,11 @@ where
 /// tenant's subscribers (step 6). The only caller besides this module is the grouped panel
 /// create, which commits in its batcher.
 pub async fn published(state: &AppState, tenant: &TenantId, changes: Vec<Change>) {
+    if changes.is_empty() {
+        return;
+    }
+    // This instance's streams at once; the others when the publish below reaches them.
+    state.events.wake(tenant.as_str());
     for change in changes {
         state.cache.committed(tenant, change).await;
     }

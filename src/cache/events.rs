@@ -22,6 +22,8 @@ pub struct Change {
     pub(super) panel_id: PanelId,
     pub(super) lists: bool,
     extra: Map<String, Value>,
+    audience: Option<String>,
+    logged: bool,
 }
 
 impl Change {
@@ -32,7 +34,44 @@ impl Change {
             panel_id,
             lists: false,
             extra: Map::new(),
+            audience: None,
+            logged: false,
         }
+    }
+
+    /// Only this user (a private view's owner key) and the tenant's admins receive the event.
+    pub fn only_for(mut self, owner: impl Into<String>) -> Self {
+        self.audience = Some(owner.into());
+        self
+    }
+
+    /// The statement that made the change wrote its event itself (the grouped panel create): the
+    /// write path must not write it again.
+    pub fn logged(mut self) -> Self {
+        self.logged = true;
+        self
+    }
+
+    /// The event's type (`view.updated`, …).
+    pub fn event(&self) -> &'static str {
+        self.event
+    }
+
+    pub fn panel_id(&self) -> PanelId {
+        self.panel_id
+    }
+
+    /// The event's fields beyond its type and panel (`viewId`, `columnId`, …).
+    pub fn extra(&self) -> &Map<String, Value> {
+        &self.extra
+    }
+
+    pub fn audience(&self) -> Option<&str> {
+        self.audience.as_deref()
+    }
+
+    pub fn is_logged(&self) -> bool {
+        self.logged
     }
 
     /// The change also alters the tenant's lists (a panel created, renamed or deleted, access

@@ -45,6 +45,8 @@ pub struct NewPanel {
     pub description: Option<String>,
     pub cohort_rule: Value,
     pub metadata: Value,
+    /// Who creates it, as its `panel.created` event names them (`events::model::actor`).
+    pub actor: Value,
 }
 
 struct Job {

@@ -149,6 +149,7 @@ pub async fn create(
         description: description.map(str::to_owned),
         cohort_rule: rule,
         metadata,
+        actor: crate::events::model::actor(principal),
     };
     let Some(key) = idempotency_key else {
         // The common case: one statement, committed alone or with the concurrent creates of a
@@ -167,9 +168,10 @@ pub async fn create(
     .await
 }
 
-/// What a panel create changes for readers: its own reads and every list.
+/// What a panel create changes for readers: its own reads and every list. `create_panels` wrote
+/// its event in its statement (migration 20261205000100).
 fn created(panel: &PanelResponse) -> Change {
-    Change::panel("panel.created", panel.id).lists()
+    Change::panel("panel.created", panel.id).lists().logged()
 }
 
 /// Owner entries are keyed by e-mail; a token without one falls back to its subject.

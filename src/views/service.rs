@@ -29,6 +29,19 @@ pub fn not_found() -> ApiError {
     ApiError::not_found("VIEW_NOT_FOUND", "View not found")
 }
 
+/// A change of a view: a private view's event goes to its owner, those it is shared with and the
+/// tenant's admins only (`events::service`); a published view's to every reader of the panel.
+fn view_change(event: &'static str, row: &ViewRow) -> Change {
+    let change = Change::panel(event, row.panel_id).with("viewId", row.id);
+    if row.is_published {
+        change
+    } else if row.owner_email.is_empty() {
+        change.only_for(row.owner_user_id.to_lowercase())
+    } else {
+        change.only_for(row.owner_email.to_lowercase())
+    }
+}
+
 fn view_etag(row: &ViewRow) -> String {
     etag("view", row.id, row.version)
 }
@@ -151,8 +164,8 @@ pub async fn create(
             Permission::Owner.as_str(),
         )
         .await?;
+        w.changed(view_change("view.created", &row));
         let response = ViewResponse::new(row, Vec::new());
-        w.changed(Change::panel("view.created", panel.id).with("viewId", response.id));
         Ok((w, response))
     })
     .await
@@ -309,7 +322,7 @@ pub async fn update(
         )
         .await?;
         let sorts = repo::sorts_of(&mut w.tx, &principal.tenant, &[id]).await?;
-        w.changed(Change::panel("view.updated", row.panel_id).with("viewId", id));
+        w.changed(view_change("view.updated", &row));
 
         let tag = view_etag(&row);
         Ok((w, (ViewResponse::new(row, sorts), tag)))
@@ -330,7 +343,7 @@ pub async fn delete(
         if !repo::delete_view(&mut w.tx, &principal.tenant, id).await? {
             return Err(not_found());
         }
-        w.changed(Change::panel("view.deleted", current.panel_id).with("viewId", id));
+        w.changed(view_change("view.deleted", &current));
         Ok((w, ()))
     })
     .await
@@ -401,7 +414,7 @@ pub async fn replace_sorts(
         )
         .await?;
         let view = repo::touch_view(&mut w.tx, &principal.tenant, id).await?;
-        w.changed(Change::panel("view.updated", view.panel_id).with("viewId", id));
+        w.changed(view_change("view.updated", &view));
         Ok((
             w,
             (
@@ -473,7 +486,7 @@ pub async fn replace_filters(
             return Err(ApiError::validation(errors));
         }
         let row = repo::update_filters(&mut w.tx, &principal.tenant, id, &to_json(&tree)?).await?;
-        w.changed(Change::panel("view.updated", row.panel_id).with("viewId", id));
+        w.changed(view_change("view.updated", &row));
         Ok((w, (filters_response(tree), view_etag(&row))))
     })
     .await

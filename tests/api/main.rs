@@ -9,6 +9,7 @@ mod auth;
 mod cache;
 mod columns;
 mod datasources;
+mod events;
 mod formula_differential;
 mod isolation;
 mod operations;

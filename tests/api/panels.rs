@@ -534,6 +534,7 @@ async fn a_create_group_answers_each_input_with_its_own_row() {
         description: i.is_multiple_of(2).then(|| format!("d{i}")),
         cohort_rule: json!({"conditions": [], "logic": "AND"}),
         metadata: json!({"i": i}),
+        actor: json!({"type": "user", "id": format!("u{i}"), "email": format!("u{i}@grouped.example")}),
     };
     let rows =
         futures::future::join_all((0..30).map(|i| app.state.creates.create(&tenant, new(i)))).await;

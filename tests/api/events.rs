@@ -1,0 +1,536 @@
+//! Live events (issue 19): the event log written with every change, followed over Server-Sent
+//! Events across instances, resumed by `Last-Event-ID` without a gap or a repeat, and only what
+//! the subscriber may read.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use panels::auth::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, token_for};
+
+/// One message of a stream, as an EventSource parses it.
+#[derive(Debug, Default, Clone)]
+struct Message {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+    comment: Option<String>,
+    retry: Option<String>,
+}
+
+impl Message {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.data).expect("event data is JSON")
+    }
+}
+
+/// A stream opened as a client would: its status, then its messages as they arrive.
+struct Stream {
+    status: u16,
+    body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buffer: String,
+    ended: bool,
+}
+
+impl Stream {
+    async fn open(app: &TestApp, path: &str, token: Option<&str>, last_id: Option<&str>) -> Self {
+        let mut req = app.client.get(format!("{}{path}", app.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await.expect("stream request");
+        let status = res.status().as_u16();
+        Self {
+            status,
+            body: Box::pin(res.bytes_stream()),
+            buffer: String::new(),
+            ended: false,
+        }
+    }
+
+    /// The next message, comments included; `None` when the stream ended or nothing came in
+    /// `wait`.
+    async fn message(&mut self, wait: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut message = Message::default();
+                for line in block.lines() {
+                    if let Some(comment) = line.strip_prefix(':') {
+                        message.comment = Some(comment.trim().to_owned());
+                    } else if let Some((field, value)) = line.split_once(':') {
+                        let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                        match field {
+                            "id" => message.id = Some(value),
+                            "event" => message.event = Some(value),
+                            "data" => message.data.push_str(&value),
+                            "retry" => message.retry = Some(value),
+                            _ => {}
+                        }
+                    }
+                }
+                return Some(message);
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buffer.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(_) => self.ended = true,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next event (skipping heartbeats), or `None` after `wait`.
+    async fn event(&mut self, wait: Duration) -> Option<Message> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let message = self.message(left).await?;
+            if message.event.is_some() {
+                return Some(message);
+            }
+        }
+    }
+
+    /// Events until none arrives for `quiet`.
+    async fn drain(&mut self, quiet: Duration) -> Vec<Message> {
+        let mut events = Vec::new();
+        while let Some(event) = self.event(quiet).await {
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// Long enough for a commit to reach a stream even when another test's transaction holds the
+/// cluster's horizon back for a while (events are delayed then, never lost).
+const ARRIVES: Duration = Duration::from_secs(15);
+/// How long to wait to conclude that nothing more comes.
+const QUIET: Duration = Duration::from_millis(1500);
+
+#[tokio::test]
+async fn an_event_made_on_one_instance_arrives_on_another() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::spawn_on(&a.database_url, &[]).await;
+    let token = token_for("twin", "admin@twin.example", Role::Admin);
+    let mut stream = Stream::open(&b, "/api/events", Some(&token), None).await;
+    assert_eq!(stream.status, 200);
+
+    let panel = a.create_panel(&token, "Made on A").await;
+    let created = stream.event(ARRIVES).await.expect("panel.created on B");
+    assert_eq!(created.event.as_deref(), Some("panel.created"));
+    let payload = created.json();
+    assert_eq!(payload["type"], "panel.created");
+    assert_eq!(payload["panelId"], panel);
+    assert_eq!(payload["entityId"], panel.to_string());
+    assert_eq!(payload["actor"]["type"], "user");
+    assert_eq!(payload["actor"]["email"], "admin@twin.example");
+    assert_eq!(
+        created.id.as_deref(),
+        payload["id"].as_str(),
+        "id: is the payload's id"
+    );
+
+    let view = a
+        .post("/api/views")
+        .bearer(&token)
+        .json(&json!({"panelId": panel, "name": "Mine"}))
+        .send()
+        .await;
+    assert_eq!(view.status, 201, "{}", view.text);
+    let event = stream.event(ARRIVES).await.expect("view.created on B");
+    assert_eq!(event.event.as_deref(), Some("view.created"));
+    assert_eq!(event.json()["viewId"], view.body["id"]);
+    assert_eq!(event.json()["data"]["viewId"], view.body["id"]);
+    assert!(
+        stream.drain(QUIET).await.is_empty(),
+        "each change is one event"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_without_redis_still_gets_every_event_by_polling() {
+    let a = TestApp::spawn().await;
+    let b = TestApp::spawn_on(
+        &a.database_url,
+        &[("REDIS_URL", ""), ("EVENT_POLL_MS", "200")],
+    )
+    .await;
+    let token = token_for("poll", "admin@poll.example", Role::Admin);
+    let mut stream = Stream::open(&b, "/api/events", Some(&token), None).await;
+    let panel = a.create_panel(&token, "Polled").await;
+    let event = stream
+        .event(ARRIVES)
+        .await
+        .expect("panel.created by polling");
+    assert_eq!(event.json()["panelId"], panel);
+}
+
+#[tokio::test]
+async fn resuming_by_last_event_id_yields_exactly_the_missed_events() {
+    let app = TestApp::spawn().await;
+    let token = token_for("resume", "admin@resume.example", Role::Admin);
+    let mut stream = Stream::open(&app, "/api/events", Some(&token), None).await;
+    let first = app.create_panel(&token, "First").await;
+    let seen = stream.event(ARRIVES).await.expect("first event");
+    assert_eq!(seen.json()["panelId"], first);
+    drop(stream);
+
+    // Missed while disconnected, in this order.
+    let mut missed = Vec::new();
+    for name in ["Second", "Third", "Fourth"] {
+        missed.push(app.create_panel(&token, name).await);
+    }
+    let renamed = app
+        .put(&format!("/api/panels/{first}"))
+        .bearer(&token)
+        .json(&json!({"name": "First, renamed"}))
+        .send()
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+
+    let last_id = seen.id.clone().expect("id");
+    for resume in [
+        Stream::open(&app, "/api/events", Some(&token), Some(&last_id)).await,
+        Stream::open(
+            &app,
+            &format!("/api/events?lastEventId={last_id}"),
+            Some(&token),
+            None,
+        )
+        .await,
+    ] {
+        let mut resume = resume;
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            got.push(resume.event(ARRIVES).await.expect("a missed event"));
+        }
+        let kinds: Vec<(String, i64)> = got
+            .iter()
+            .map(|m| {
+                let p = m.json();
+                (
+                    p["type"].as_str().expect("type").to_owned(),
+                    p["panelId"].as_i64().expect("panel"),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("panel.created".to_owned(), missed[0]),
+                ("panel.created".to_owned(), missed[1]),
+                ("panel.created".to_owned(), missed[2]),
+                ("panel.updated".to_owned(), first),
+            ]
+        );
+        assert!(
+            resume.drain(QUIET).await.is_empty(),
+            "nothing twice, nothing extra"
+        );
+    }
+
+    let bad = Stream::open(&app, "/api/events", Some(&token), Some("not-an-id")).await;
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test]
+async fn an_id_older_than_retention_answers_reset_and_then_follows() {
+    let app = TestApp::spawn().await;
+    let token = token_for("retain", "admin@retain.example", Role::Admin);
+    let mut stream = Stream::open(&app, "/api/events", Some(&token), None).await;
+    app.create_panel(&token, "Old").await;
+    let old = stream.event(ARRIVES).await.expect("event").id.expect("id");
+    drop(stream);
+    app.create_panel(&token, "Also old").await;
+    // Retention runs (as its worker does, here with everything counted as old).
+    let pool = app.owner_pool().await;
+    let purged: i64 = sqlx::query_scalar("select purge_events(now() + interval '1 hour', 1000)")
+        .fetch_one(&pool)
+        .await
+        .expect("purge");
+    assert!(purged >= 2, "purged {purged}");
+
+    let mut resumed = Stream::open(&app, "/api/events", Some(&token), Some(&old)).await;
+    assert_eq!(resumed.status, 200);
+    let reset = resumed.event(ARRIVES).await.expect("reset");
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    let fresh = app.create_panel(&token, "New").await;
+    let next = resumed
+        .event(ARRIVES)
+        .await
+        .expect("follows after the reset");
+    assert_eq!(next.json()["panelId"], fresh);
+}
+
+#[tokio::test]
+async fn readers_get_only_panels_they_may_read_until_revoked_and_never_another_tenants() {
+    let app = TestApp::spawn().await;
+    let admin = token_for("acme", "admin@acme.example", Role::Admin);
+    let reader = token_for("acme", "vic@acme.example", Role::User);
+    let stranger = token_for("other", "admin@other.example", Role::Admin);
+    let shared = app.create_panel(&admin, "Shared").await;
+    let hidden = app.create_panel(&admin, "Hidden").await;
+    let granted = app
+        .post(&format!("/api/acls/panel/{shared}"))
+        .bearer(&admin)
+        .json(&json!({"userEmail": "vic@acme.example", "permission": "viewer"}))
+        .send()
+        .await;
+    assert_eq!(granted.status, 201, "{}", granted.text);
+
+    let mut vic = Stream::open(&app, "/api/events", Some(&reader), None).await;
+    let mut other = Stream::open(&app, "/api/events", Some(&stranger), None).await;
+    // A panel the reader may not read answers as one that does not exist.
+    let refused = Stream::open(
+        &app,
+        &format!("/api/events?panelId={hidden}"),
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    let unknown = Stream::open(&app, "/api/events?panelId=987654", Some(&reader), None).await;
+    assert_eq!(unknown.status, 404);
+
+    for panel in [hidden, shared] {
+        let res = app
+            .put(&format!("/api/panels/{panel}"))
+            .bearer(&admin)
+            .json(&json!({"name": format!("Renamed {panel}")}))
+            .send()
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    let got = vic.event(ARRIVES).await.expect("the shared panel's event");
+    assert_eq!(got.json()["type"], "panel.updated");
+    assert_eq!(got.json()["panelId"], shared);
+    assert!(
+        vic.drain(QUIET).await.is_empty(),
+        "nothing of the hidden panel"
+    );
+    assert!(
+        other.drain(QUIET).await.is_empty(),
+        "another tenant gets nothing"
+    );
+
+    // A private view of the admin's: its owner's business only.
+    let private = app
+        .post("/api/views")
+        .bearer(&admin)
+        .json(&json!({"panelId": shared, "name": "Admin's own"}))
+        .send()
+        .await;
+    assert_eq!(private.status, 201);
+    assert!(
+        vic.drain(QUIET).await.is_empty(),
+        "a private view of someone else's"
+    );
+
+    // Revoked: nothing more of that panel, at once.
+    let revoked = app
+        .delete(&format!("/api/acls/panel/{shared}/vic@acme.example"))
+        .bearer(&admin)
+        .send()
+        .await;
+    assert!(revoked.status < 300, "{}", revoked.text);
+    let res = app
+        .put(&format!("/api/panels/{shared}"))
+        .bearer(&admin)
+        .json(&json!({"name": "After revocation"}))
+        .send()
+        .await;
+    assert_eq!(res.status, 200);
+    let after: Vec<Value> = vic.drain(QUIET).await.iter().map(Message::json).collect();
+    assert!(
+        after.iter().all(|e| e["type"] != "panel.updated"),
+        "a revoked reader still received {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn filters_by_type_panel_and_view() {
+    let app = TestApp::spawn().await;
+    let token = token_for("filters", "admin@filters.example", Role::Admin);
+    let one = app.create_panel(&token, "One").await;
+    let two = app.create_panel(&token, "Two").await;
+    let view = app
+        .post("/api/views")
+        .bearer(&token)
+        .json(&json!({"panelId": one, "name": "V"}))
+        .send()
+        .await;
+    let view_id = view.body["id"].as_i64().expect("view id");
+    let mut views_only = Stream::open(&app, "/api/events?types=view.*", Some(&token), None).await;
+    let mut of_two = Stream::open(
+        &app,
+        &format!("/api/events?panelId={two}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let mut of_view = Stream::open(
+        &app,
+        &format!("/api/events?viewId={view_id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    let bad = Stream::open(&app, "/api/events?types=nonsense", Some(&token), None).await;
+    assert_eq!(bad.status, 400);
+
+    for panel in [one, two] {
+        app.put(&format!("/api/panels/{panel}"))
+            .bearer(&token)
+            .json(&json!({"name": format!("Renamed {panel}")}))
+            .send()
+            .await;
+    }
+    let renamed = app
+        .put(&format!("/api/views/{view_id}"))
+        .bearer(&token)
+        .json(&json!({"name": "V2"}))
+        .send()
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+
+    let types = |events: Vec<Message>| -> Vec<(String, i64)> {
+        events
+            .iter()
+            .map(|m| {
+                let p = m.json();
+                (
+                    p["type"].as_str().unwrap_or("").to_owned(),
+                    p["panelId"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        types(views_only.drain(QUIET).await),
+        vec![("view.updated".to_owned(), one)]
+    );
+    assert_eq!(
+        types(of_two.drain(QUIET).await),
+        vec![("panel.updated".to_owned(), two)]
+    );
+    // The view's own events and its panel's events about no view in particular.
+    assert_eq!(
+        types(of_view.drain(QUIET).await),
+        vec![
+            ("panel.updated".to_owned(), one),
+            ("view.updated".to_owned(), one)
+        ]
+    );
+}
+
+/// Transaction A writes an event, B starts later, writes one and commits first; then A commits.
+/// A reader that pages by sequence alone would give B's and never A's; both must arrive, once.
+#[tokio::test]
+async fn out_of_order_commits_are_both_delivered() {
+    let app = TestApp::spawn().await;
+    let token = token_for("order", "admin@order.example", Role::Admin);
+    let panel = app.create_panel(&token, "Ordered").await;
+    let mut stream = Stream::open(&app, "/api/events", Some(&token), None).await;
+    let pool = app.owner_pool().await;
+    let insert = "insert into event (tenant_id, type, panel_id, entity_id, actor, data)
+                  values ('order', 'panel.updated', $1, $1::text, '{\"type\":\"system\",\"id\":\"test\"}', $2)";
+    let mut a = pool.begin().await.expect("begin a");
+    sqlx::query("select pg_current_xact_id()")
+        .execute(&mut *a)
+        .await
+        .expect("a takes its transaction id first");
+    let mut b = pool.begin().await.expect("begin b");
+    sqlx::query(insert)
+        .bind(panel)
+        .bind(json!({"tx": "b"}))
+        .execute(&mut *b)
+        .await
+        .expect("b writes");
+    sqlx::query(insert)
+        .bind(panel)
+        .bind(json!({"tx": "a"}))
+        .execute(&mut *a)
+        .await
+        .expect("a writes, with the later sequence number");
+    b.commit().await.expect("b commits first");
+    assert!(
+        stream.event(QUIET).await.is_none(),
+        "b's event is held back while a, older, may still commit"
+    );
+    a.commit().await.expect("a commits");
+    let got: Vec<String> = [
+        stream.event(ARRIVES).await.expect("first"),
+        stream.event(ARRIVES).await.expect("second"),
+    ]
+    .iter()
+    .map(|m| m.json()["data"]["tx"].as_str().unwrap_or("").to_owned())
+    .collect();
+    assert_eq!(got, vec!["a", "b"], "both, in transaction order");
+    assert!(stream.drain(QUIET).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_ticket_opens_one_stream_once_and_nothing_opens_without_credentials() {
+    let app = TestApp::spawn().await;
+    let token = token_for("ticket", "admin@ticket.example", Role::Admin);
+    let res = app.post("/api/events/tickets").bearer(&token).send().await;
+    assert_eq!(res.status, 201, "{}", res.text);
+    assert_eq!(res.body["expiresIn"], 60);
+    let ticket = res.body["ticket"].as_str().expect("ticket").to_owned();
+
+    let mut stream = Stream::open(&app, &format!("/api/events?ticket={ticket}"), None, None).await;
+    assert_eq!(stream.status, 200);
+    let panel = app.create_panel(&token, "By ticket").await;
+    assert_eq!(
+        stream.event(ARRIVES).await.expect("event").json()["panelId"],
+        panel
+    );
+    let again = Stream::open(&app, &format!("/api/events?ticket={ticket}"), None, None).await;
+    assert_eq!(again.status, 401, "a ticket is single-use");
+    let forged = Stream::open(&app, "/api/events?ticket=evt_forged", None, None).await;
+    assert_eq!(forged.status, 401);
+    let anonymous = Stream::open(&app, "/api/events", None, None).await;
+    assert_eq!(anonymous.status, 401);
+    let no_ticket = app.post("/api/events/tickets").send().await;
+    assert_eq!(no_ticket.status, 401);
+}
+
+#[tokio::test]
+async fn idle_streams_get_heartbeats_and_shutdown_ends_them_inside_the_deadline() {
+    let mut app = TestApp::spawn_with(&[("EVENT_HEARTBEAT_MS", "200")]).await;
+    let token = token_for("beat", "admin@beat.example", Role::Admin);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(Stream::open(&app, "/api/events", Some(&token), None).await);
+    }
+    let beat = streams[0]
+        .message(Duration::from_secs(5))
+        .await
+        .expect("a heartbeat");
+    assert_eq!(beat.comment.as_deref(), Some("heartbeat"));
+
+    let started = std::time::Instant::now();
+    app.stop().await;
+    let took = started.elapsed();
+    // SHUTDOWN_TIMEOUT_MS is 2,000 in the tests: open streams must not hold the drain up to it.
+    assert!(took < Duration::from_millis(1500), "shutdown took {took:?}");
+    for stream in &mut streams {
+        let mut retry = None;
+        while let Some(message) = stream.message(Duration::from_secs(2)).await {
+            if message.retry.is_some() {
+                retry = message.retry;
+            }
+        }
+        assert!(retry.is_some(), "the stream ended with retry:");
+        assert!(stream.ended, "the stream ended");
+    }
+}
