@@ -24,6 +24,7 @@ pub struct Change {
     extra: Map<String, Value>,
     audience: Option<String>,
     logged: bool,
+    pub(super) invalidates: bool,
 }
 
 impl Change {
@@ -36,7 +37,15 @@ impl Change {
             extra: Map::new(),
             audience: None,
             logged: false,
+            invalidates: true,
         }
+    }
+
+    /// An event only: no cached read depends on what changed (a sync's start, end and progress;
+    /// the rows themselves are never cached).
+    pub fn quiet(mut self) -> Self {
+        self.invalidates = false;
+        self
     }
 
     /// Only this user (a private view's owner key) and the tenant's admins receive the event.

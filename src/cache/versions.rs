@@ -169,7 +169,10 @@ impl Cache {
     /// When Redis cannot take the bump, the breaker opens and the epoch bump on recovery covers
     /// it; the event then reaches only this instance's subscribers.
     pub async fn committed(&self, tenant: &TenantId, change: Change) {
-        let mut keys = vec![self.version_key(tenant, Depends::Panel(change.panel_id))];
+        let mut keys = Vec::with_capacity(2);
+        if change.invalidates {
+            keys.push(self.version_key(tenant, Depends::Panel(change.panel_id)));
+        }
         if change.lists {
             keys.push(self.version_key(tenant, Depends::Lists));
         }

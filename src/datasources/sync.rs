@@ -21,6 +21,7 @@ use super::crypto::{SecretScope, decrypt_config, mask_config};
 use super::model::DataSourceRow;
 use super::repo;
 use crate::auth::{Credential, Principal, Role, TenantId};
+use crate::cache::Change;
 use crate::changes::{Affect, ChangeType, NewChange};
 use crate::error::{ApiError, Result};
 use crate::jobs::repo::{self as runs, RunRow};
@@ -136,6 +137,15 @@ fn scope_of<'a>(tenant: &'a TenantId, source: &DataSourceRow) -> SecretScope<'a>
 }
 
 /// The actor of changes a sync records.
+/// A run's `sync.started` event.
+fn started(panel_id: PanelId, source: DataSourceId, run: RunId, trigger: &str) -> Change {
+    Change::panel("sync.started", panel_id)
+        .with("dataSourceId", source)
+        .with("runId", run)
+        .with("trigger", trigger)
+        .quiet()
+}
+
 fn system(tenant: &TenantId) -> Principal {
     Principal {
         user_id: "system:sync".to_owned(),
@@ -308,6 +318,20 @@ pub fn spawn_workers(
 
 /// Runs a claimed run to its end (called by a worker holding the run's lease).
 pub async fn execute(state: &AppState, tenant: &TenantId, worker: &str, claimed: &Claimed) {
+    let actor = system(tenant);
+    let announced = write::write(state, &actor, |mut w| async move {
+        w.changed(started(
+            claimed.panel_id,
+            claimed.data_source_id,
+            claimed.id,
+            "worker",
+        ));
+        Ok((w, ()))
+    })
+    .await;
+    if let Err(error) = announced {
+        tracing::warn!(%error, "recording the start of a sync run failed");
+    }
     let outcome = async {
         let mut tx = state.db.begin(tenant).await?;
         let source = repo::find_data_source(
@@ -424,7 +448,26 @@ async fn finish_run(
             };
             runs::finish(&mut w.tx, tenant, run_id, worker, &outcome).await?;
             repo::touch_last_sync(&mut w.tx, tenant, data_source_id).await?;
+            w.changed(
+                Change::panel("sync.succeeded", panel_id)
+                    .with("dataSourceId", data_source_id)
+                    .with("runId", run_id)
+                    .with("inserted", counts.inserted)
+                    .with("updated", counts.updated)
+                    .with("unchanged", counts.unchanged)
+                    .with("deleted", counts.deleted)
+                    .quiet(),
+            );
             if counts.inserted + counts.updated + counts.deleted > 0 {
+                w.changed(
+                    Change::panel("rows.changed", panel_id)
+                        .with("dataSourceId", data_source_id)
+                        .with("runId", run_id)
+                        .with("inserted", counts.inserted)
+                        .with("updated", counts.updated)
+                        .with("deleted", counts.deleted)
+                        .quiet(),
+                );
                 w.record(
                     NewChange {
                         panel_id,
@@ -464,6 +507,15 @@ async fn finish_run(
                 retry_at,
             };
             runs::finish(&mut w.tx, tenant, run_id, worker, &outcome).await?;
+            w.changed(
+                Change::panel("sync.failed", panel_id)
+                    .with("dataSourceId", data_source_id)
+                    .with("runId", run_id)
+                    .with("status", status)
+                    .with("error", outcome.last_error.clone().unwrap_or_default())
+                    .with("retryAt", retry_at.map(|at| at.to_rfc3339()))
+                    .quiet(),
+            );
             SinkCounts::default()
         }
     };
@@ -504,6 +556,7 @@ impl InRequest {
             let run =
                 runs::insert_running(&mut w.tx, &principal.tenant, panel_id, id, trigger, worker)
                     .await?;
+            w.changed(started(panel_id, id, run.id, trigger));
             Ok((w, run))
         })
         .await?;

@@ -534,3 +534,62 @@ async fn idle_streams_get_heartbeats_and_shutdown_ends_them_inside_the_deadline(
         assert!(stream.ended, "the stream ended");
     }
 }
+
+#[tokio::test]
+async fn a_push_tells_its_start_its_rows_and_its_end() {
+    let app = TestApp::spawn().await;
+    let token = token_for("pushes", "admin@pushes.example", Role::Admin);
+    let panel = app.create_panel(&token, "Pushed").await;
+    let ds = app
+        .create_source(&token, panel, "custom", json!({"keyField": "id"}))
+        .await;
+    let mut stream = Stream::open(
+        &app,
+        "/api/events?types=sync.*,rows.changed",
+        Some(&token),
+        None,
+    )
+    .await;
+    let path = format!("/api/panels/{panel}/datasources/{ds}/records");
+    let pushed = app
+        .post(&path)
+        .bearer(&token)
+        .json(&json!({"records": [{"id": 1}, {"id": 2}, {"id": 3}]}))
+        .send()
+        .await;
+    assert_eq!(pushed.status, 200, "{}", pushed.text);
+    let again = app
+        .post(&path)
+        .bearer(&token)
+        .json(&json!({"records": [{"id": 1}, {"id": 2, "x": 1}]}))
+        .send()
+        .await;
+    assert_eq!(again.status, 200, "{}", again.text);
+
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        got.push(stream.event(ARRIVES).await.expect("a sync event").json());
+    }
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "sync.started",
+            "sync.succeeded",
+            "rows.changed",
+            "sync.started",
+            "sync.succeeded",
+            "rows.changed"
+        ]
+    );
+    assert_eq!(got[2]["data"]["inserted"], 3);
+    assert_eq!(got[5]["data"]["inserted"], 0);
+    assert_eq!(got[5]["data"]["updated"], 1);
+    assert_eq!(got[4]["data"]["unchanged"], 1);
+    assert_eq!(got[1]["data"]["dataSourceId"], ds);
+    assert_eq!(got[0]["data"]["runId"], got[1]["data"]["runId"]);
+    assert!(stream.drain(QUIET).await.is_empty());
+}

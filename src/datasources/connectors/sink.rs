@@ -15,6 +15,10 @@ use sqlx::{Arguments, AssertSqlSafe};
 use super::SyncError;
 use crate::auth::TenantId;
 use crate::db::Db;
+use crate::events::model::NewEvent;
+
+/// At most one `sync.progress` event a second, written with the batch it counts.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::formula::{SqlBuilder, SqlParam};
 
 /// Records per batch: large enough to amortise round trips, small enough to bound memory.
@@ -53,6 +57,8 @@ pub struct Sink {
     counts: SinkCounts,
     /// Stamp unchanged rows with this run (only the `delete` policy needs to know them).
     track_seen: bool,
+    /// When the last `sync.progress` event was written (at most one a second).
+    progress_at: std::time::Instant,
 }
 
 impl Sink {
@@ -76,6 +82,7 @@ impl Sink {
             batch: IndexMap::with_capacity(BATCH_SIZE),
             counts: SinkCounts::default(),
             track_seen: true,
+            progress_at: std::time::Instant::now(),
         }
     }
 
@@ -211,6 +218,23 @@ impl Sink {
             } else {
                 self.counts.unchanged += 1;
             }
+        }
+        if self.progress_at.elapsed() >= PROGRESS_EVERY {
+            self.progress_at = std::time::Instant::now();
+            let progress = NewEvent {
+                kind: "sync.progress".to_owned(),
+                panel_id: Some(self.panel_id.0),
+                view_id: None,
+                entity_id: Some(self.run_id.0.to_string()),
+                audience: None,
+                actor: serde_json::json!({"type": "system", "id": "system:sync"}),
+                data: serde_json::json!({
+                    "dataSourceId": self.data_source_id, "runId": self.run_id,
+                    "inserted": self.counts.inserted, "updated": self.counts.updated,
+                    "unchanged": self.counts.unchanged,
+                }),
+            };
+            crate::events::repo::append(&mut tx, &self.tenant, &[progress]).await?;
         }
         tx.commit().await?;
         Ok(())
