@@ -40,6 +40,7 @@ start_live_server() {
     # A fixed secret so tokens stay valid across restarts of a debugging session; rate limits high
     # enough for a test client that logs in, registers and sends bad credentials many times from
     # one address (the fuzzer's negative cases would otherwise lock it out of every operation).
+    # Event streams end after half a second: Bruno and schemathesis read a response to its end.
     env DATABASE_URL="$admin_base/$LIVE_DB" \
         REDIS_URL="${TEST_REDIS_URL:-}" \
         HOST=127.0.0.1 PORT="$port" \
@@ -50,6 +51,7 @@ start_live_server() {
         RATE_LIMIT_TENANT_RPS="${RATE_LIMIT_TENANT_RPS:-0}" \
         RATE_LIMIT_REGISTER_PER_MINUTE="${RATE_LIMIT_REGISTER_PER_MINUTE:-0}" \
         RATE_LIMIT_AUTH_FAILURES_PER_MINUTE="${RATE_LIMIT_AUTH_FAILURES_PER_MINUTE:-0}" \
+        EVENT_STREAM_MAX_MS="${EVENT_STREAM_MAX_MS:-500}" \
         target/debug/panels serve "$@" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
     BASE_URL="http://127.0.0.1:$port"

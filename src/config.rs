@@ -155,6 +155,8 @@ pub struct Config {
     pub event_poll: Duration,
     /// The comment an idle event stream sends to keep proxies from closing it.
     pub event_heartbeat: Duration,
+    /// How long one event stream lives before it ends with `retry:` (the client resumes).
+    pub event_stream_max: Duration,
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -477,6 +479,7 @@ impl Config {
             event_retention_hours: ranged(&get, "EVENT_RETENTION_HOURS", 72u64, 1, 24 * 365)?,
             event_poll: millis(&get, "EVENT_POLL_MS", 1_000, 50, 60_000)?,
             event_heartbeat: millis(&get, "EVENT_HEARTBEAT_MS", 15_000, 100, 300_000)?,
+            event_stream_max: millis(&get, "EVENT_STREAM_MAX_MS", 3_600_000, 100, 86_400_000)?,
         })
     }
 

@@ -76,8 +76,8 @@ impl FromRequestParts<AppState> for StreamCaller {
 /// again when access changes), and of private views only their owner's. Resume with
 /// `Last-Event-ID` (or `?lastEventId=`): exactly the events after it, in commit order; an id older
 /// than `EVENT_RETENTION_HOURS` gets `event: reset` (refetch, then follow). A comment every
-/// `EVENT_HEARTBEAT_MS` (15 s) keeps proxies from closing an idle stream; on shutdown the stream
-/// ends with `retry:`.
+/// `EVENT_HEARTBEAT_MS` (15 s) keeps proxies from closing an idle stream; on shutdown, and after
+/// `EVENT_STREAM_MAX_MS` (an hour), the stream ends with `retry:` and the client resumes.
 #[utoipa::path(get, path = "/events", tag = "Events", params(EventsParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
@@ -108,9 +108,15 @@ pub async fn stream_events(
     let last_event_id = header_id.or(params.last_event_id.as_deref());
     let subscription = service::subscribe(&state, principal, filters, last_event_id).await?;
     let retry = DEFAULT_RETRY;
+    // A stream lives at most EVENT_STREAM_MAX_MS, then ends with `retry:`: the client resumes by
+    // its last id, possibly on another instance (connections rebalance after a scale-out).
+    let ends_at = tokio::time::Instant::now() + state.config.event_stream_max;
     let stream = futures::stream::unfold(Some(subscription), move |subscription| async move {
         let mut subscription = subscription?;
-        let (event, more) = match subscription.next().await {
+        let next = tokio::time::timeout_at(ends_at, subscription.next())
+            .await
+            .unwrap_or(Ok(Next::Shutdown));
+        let (event, more) = match next {
             Ok(Next::Event(payload)) => (data_event(&payload), true),
             Ok(Next::Reset) => (
                 SseEvent::default()

@@ -593,3 +593,24 @@ async fn a_push_tells_its_start_its_rows_and_its_end() {
     assert_eq!(got[0]["data"]["runId"], got[1]["data"]["runId"]);
     assert!(stream.drain(QUIET).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_stream_ends_with_retry_after_its_lifetime_and_resumes_without_a_gap() {
+    let app = TestApp::spawn_with(&[("EVENT_STREAM_MAX_MS", "500")]).await;
+    let token = token_for("lifetime", "admin@lifetime.example", Role::Admin);
+    let mut stream = Stream::open(&app, "/api/events", Some(&token), None).await;
+    let panel = app.create_panel(&token, "Before the end").await;
+    let seen = stream.event(ARRIVES).await.expect("event");
+    assert_eq!(seen.json()["panelId"], panel);
+    let mut retry = None;
+    while let Some(message) = stream.message(Duration::from_secs(3)).await {
+        retry = retry.or(message.retry);
+    }
+    assert!(stream.ended && retry.is_some(), "ended with retry:");
+    let after = app.create_panel(&token, "After the end").await;
+    let mut resumed = Stream::open(&app, "/api/events", Some(&token), seen.id.as_deref()).await;
+    assert_eq!(
+        resumed.event(ARRIVES).await.expect("resumed").json()["panelId"],
+        after
+    );
+}
