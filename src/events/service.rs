@@ -192,10 +192,18 @@ pub async fn subscribe(
         }
         view_panel = found;
     }
-    if let Some(panel) = filters.panel_id
-        && !may_read(panel)
-    {
-        return Err(ApiError::not_found("PANEL_NOT_FOUND", "Panel not found"));
+    if let Some(panel) = filters.panel_id {
+        let exists = crate::acls::repo::panel_of(
+            &mut tx,
+            &principal.tenant,
+            crate::acls::model::ResourceType::Panel,
+            panel,
+        )
+        .await?
+        .is_some();
+        if !exists || !may_read(panel) {
+            return Err(ApiError::not_found("PANEL_NOT_FOUND", "Panel not found"));
+        }
     }
     let horizon = repo::horizon(&mut tx, &principal.tenant).await?;
     crate::db::end_read(tx);

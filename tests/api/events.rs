@@ -386,6 +386,10 @@ async fn filters_by_type_panel_and_view() {
     .await;
     let bad = Stream::open(&app, "/api/events?types=nonsense", Some(&token), None).await;
     assert_eq!(bad.status, 400);
+    // Unknown ids answer 404 to an admin too.
+    for path in ["/api/events?panelId=987654", "/api/events?viewId=987654"] {
+        assert_eq!(Stream::open(&app, path, Some(&token), None).await.status, 404, "{path}");
+    }
 
     for panel in [one, two] {
         app.put(&format!("/api/panels/{panel}"))
