@@ -10,6 +10,8 @@ use super::repo;
 use crate::auth::Principal;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
+use crate::events::model::{NewEvent, actor};
+use crate::events::repo as event_log;
 use crate::filter::FilterGroup;
 use crate::ids::ColumnId;
 use crate::state::AppState;
@@ -69,6 +71,22 @@ pub async fn record(
         }
     }
     if !view_ids.is_empty() {
+        // Each user's `notification.created`, for that user's streams only.
+        let events: Vec<NewEvent> = view_ids
+            .iter()
+            .zip(&emails)
+            .zip(impacts.iter().zip(&messages))
+            .map(|((view, email), (impact, message))| NewEvent {
+                kind: "notification.created".to_owned(),
+                panel_id: Some(change.panel_id.0),
+                view_id: Some(*view),
+                entity_id: Some(change_id.to_string()),
+                audience: Some(email.to_lowercase()),
+                actor: actor(principal),
+                data: serde_json::json!({"viewId": view, "changeId": change_id, "impact": impact, "message": message}),
+            })
+            .collect();
+        event_log::append(tx, &principal.tenant, &events).await?;
         repo::insert_notifications(
             tx,
             &principal.tenant,

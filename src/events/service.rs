@@ -320,6 +320,13 @@ impl Subscription {
         if !self.filters.matches(event, self.view_panel) {
             return Ok(false);
         }
+        // A notification is its recipient's alone, whoever else may read the view.
+        if event.kind == "notification.created" {
+            return Ok(event.audience.as_deref().is_some_and(|to| {
+                to.eq_ignore_ascii_case(&self.principal.email)
+                    || to.eq_ignore_ascii_case(&self.principal.user_id)
+            }));
+        }
         if let Some(owner) = &event.audience
             && !self.principal.is_admin()
             && !owner.eq_ignore_ascii_case(&self.principal.email)

@@ -388,7 +388,11 @@ async fn filters_by_type_panel_and_view() {
     assert_eq!(bad.status, 400);
     // Unknown ids answer 404 to an admin too.
     for path in ["/api/events?panelId=987654", "/api/events?viewId=987654"] {
-        assert_eq!(Stream::open(&app, path, Some(&token), None).await.status, 404, "{path}");
+        assert_eq!(
+            Stream::open(&app, path, Some(&token), None).await.status,
+            404,
+            "{path}"
+        );
     }
 
     for panel in [one, two] {
@@ -616,5 +620,64 @@ async fn a_stream_ends_with_retry_after_its_lifetime_and_resumes_without_a_gap()
     assert_eq!(
         resumed.event(ARRIVES).await.expect("resumed").json()["panelId"],
         after
+    );
+}
+
+#[tokio::test]
+async fn a_notification_reaches_its_recipient_alone() {
+    let app = TestApp::spawn().await;
+    let admin = token_for("notes", "admin@notes.example", Role::Admin);
+    let vic = token_for("notes", "vic@notes.example", Role::User);
+    let bob = token_for("notes", "bob@notes.example", Role::User);
+    let panel = app.create_panel(&admin, "Noted").await;
+    let view = app
+        .post("/api/views")
+        .bearer(&admin)
+        .json(&json!({"panelId": panel, "name": "Published"}))
+        .send()
+        .await;
+    let view_id = view.body["id"].as_i64().expect("view");
+    let published = app
+        .post(&format!("/api/views/{view_id}/publish"))
+        .bearer(&admin)
+        .send()
+        .await;
+    assert!(published.status < 300, "{}", published.text);
+    for (kind, id, who) in [
+        ("panel", panel, "vic@notes.example"),
+        ("panel", panel, "bob@notes.example"),
+        ("view", view_id, "vic@notes.example"),
+    ] {
+        let res = app
+            .post(&format!("/api/acls/{kind}/{id}"))
+            .bearer(&admin)
+            .json(&json!({"userEmail": who, "permission": "viewer"}))
+            .send()
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    let path = "/api/events?types=notification.created";
+    let mut vic_stream = Stream::open(&app, path, Some(&vic), None).await;
+    let mut bob_stream = Stream::open(&app, path, Some(&bob), None).await;
+    let changed = app
+        .put(&format!("/api/panels/{panel}"))
+        .bearer(&admin)
+        .json(&json!({"cohortRule": {"logic": "OR", "conditions": []}, "name": "Noted, changed"}))
+        .send()
+        .await;
+    assert_eq!(changed.status, 200, "{}", changed.text);
+    let note = vic_stream.event(ARRIVES).await.expect("vic's notification");
+    let payload = note.json();
+    assert_eq!(payload["type"], "notification.created");
+    assert_eq!(payload["viewId"], view_id);
+    assert!(
+        payload["data"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Published"))
+    );
+    assert!(vic_stream.drain(QUIET).await.is_empty(), "one notification");
+    assert!(
+        bob_stream.drain(QUIET).await.is_empty(),
+        "bob reads the panel but was not notified"
     );
 }
