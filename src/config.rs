@@ -157,6 +157,8 @@ pub struct Config {
     pub event_heartbeat: Duration,
     /// How long one event stream lives before it ends with `retry:` (the client resumes).
     pub event_stream_max: Duration,
+    /// Event streams one tenant may hold open on one instance; more answer 429.
+    pub event_max_streams_per_tenant: usize,
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -480,6 +482,13 @@ impl Config {
             event_poll: millis(&get, "EVENT_POLL_MS", 1_000, 50, 60_000)?,
             event_heartbeat: millis(&get, "EVENT_HEARTBEAT_MS", 15_000, 100, 300_000)?,
             event_stream_max: millis(&get, "EVENT_STREAM_MAX_MS", 3_600_000, 100, 86_400_000)?,
+            event_max_streams_per_tenant: ranged(
+                &get,
+                "EVENT_MAX_STREAMS_PER_TENANT",
+                2_000usize,
+                1,
+                1_000_000,
+            )?,
         })
     }
 

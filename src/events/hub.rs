@@ -84,6 +84,14 @@ impl Hub {
         }
     }
 
+    /// The tenant's open streams on this instance.
+    pub fn streams(&self, tenant: &TenantId) -> usize {
+        let feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        feeds
+            .get(tenant)
+            .map_or(0, |feed| feed.events.receiver_count())
+    }
+
     /// Tenants with a feed on this instance (metrics, tests).
     pub fn feeds(&self) -> usize {
         self.inner

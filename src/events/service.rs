@@ -205,6 +205,14 @@ pub async fn subscribe(
             return Err(ApiError::not_found("PANEL_NOT_FOUND", "Panel not found"));
         }
     }
+    // One tenant's streams cannot take an instance's memory and connections from the others.
+    let cap = state.config.event_max_streams_per_tenant;
+    if state.events.streams(&principal.tenant) >= cap {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: 5,
+            limit: cap as u64,
+        });
+    }
     let horizon = repo::horizon(&mut tx, &principal.tenant).await?;
     crate::db::end_read(tx);
     // The broadcast first, then the log: the catch-up reads at least as far as the feed had.

@@ -251,13 +251,17 @@ async fn an_id_older_than_retention_answers_reset_and_then_follows() {
     let old = stream.event(ARRIVES).await.expect("event").id.expect("id");
     drop(stream);
     app.create_panel(&token, "Also old").await;
-    // Retention runs (as its worker does, here with everything counted as old).
-    let pool = app.owner_pool().await;
-    let purged: i64 = sqlx::query_scalar("select purge_events(now() + interval '1 hour', 1000)")
-        .fetch_one(&pool)
+    // Retention runs as its worker does (as the request role, through the worker's function),
+    // here with every event counted as old.
+    let purged = panels::events::retention::purge(&app.state.db, 0)
         .await
         .expect("purge");
     assert!(purged >= 2, "purged {purged}");
+    let left: i64 = sqlx::query_scalar("select count(*) from event where tenant_id = 'retain'")
+        .fetch_one(&app.owner_pool().await)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
 
     let mut resumed = Stream::open(&app, "/api/events", Some(&token), Some(&old)).await;
     assert_eq!(resumed.status, 200);
@@ -680,4 +684,24 @@ async fn a_notification_reaches_its_recipient_alone() {
         bob_stream.drain(QUIET).await.is_empty(),
         "bob reads the panel but was not notified"
     );
+}
+
+#[tokio::test]
+async fn a_tenant_holds_at_most_its_share_of_streams() {
+    let app = TestApp::spawn_with(&[("EVENT_MAX_STREAMS_PER_TENANT", "2")]).await;
+    let token = token_for("greedy", "admin@greedy.example", Role::Admin);
+    let other = token_for("modest", "admin@modest.example", Role::Admin);
+    let first = Stream::open(&app, "/api/events", Some(&token), None).await;
+    let second = Stream::open(&app, "/api/events", Some(&token), None).await;
+    assert_eq!((first.status, second.status), (200, 200));
+    let third = Stream::open(&app, "/api/events", Some(&token), None).await;
+    assert_eq!(third.status, 429);
+    assert_eq!(
+        Stream::open(&app, "/api/events", Some(&other), None)
+            .await
+            .status,
+        200,
+        "another tenant is not held back"
+    );
+    drop((first, second));
 }
