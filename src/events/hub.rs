@@ -113,7 +113,7 @@ impl Hub {
         }
         let start = {
             let mut conn = self.inner.db.acquire().await?;
-            repo::now(&mut conn).await?
+            repo::now(&mut conn).await?.0
         };
         let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(feed) = feeds.get(tenant) {

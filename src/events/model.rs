@@ -40,6 +40,41 @@ impl fmt::Display for Cursor {
     }
 }
 
+/// A snapshot's view of transactions (`pg_current_snapshot()`, `xmin:xmax:xip,…`): which had
+/// committed when a stream started at the present, so it skips their events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub xmin: u64,
+    pub xmax: u64,
+    pub running: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let mut parts = raw.trim().split(':');
+        let xmin = parts.next()?.parse().ok()?;
+        let xmax = parts.next()?.parse().ok()?;
+        let running = match parts.next()? {
+            "" => Vec::new(),
+            list => list
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?,
+        };
+        Some(Self {
+            xmin,
+            xmax,
+            running,
+        })
+    }
+
+    /// Whether transaction `txid` had committed (or aborted) when the snapshot was taken.
+    pub fn saw(&self, txid: u64) -> bool {
+        txid < self.xmin || (txid < self.xmax && !self.running.contains(&txid))
+    }
+}
+
 /// An event to append in the writing transaction.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -180,5 +215,17 @@ mod tests {
         for bad in ["", "7412", "-1", "a-1", "1-b", "1--2", "1-2-3"] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_snapshot_saw_what_had_finished() {
+        let s = Snapshot::parse("100:105:100,103").expect("snapshot");
+        assert!(s.saw(99) && s.saw(101) && s.saw(104));
+        assert!(!s.saw(100) && !s.saw(103) && !s.saw(105));
+        assert_eq!(
+            Snapshot::parse("7:7:").expect("empty").running,
+            Vec::<u64>::new()
+        );
+        assert_eq!(Snapshot::parse("x"), None);
     }
 }

@@ -2,7 +2,7 @@
 
 use sqlx::PgConnection;
 
-use super::model::{Cursor, NewEvent, StoredEvent};
+use super::model::{Cursor, NewEvent, Snapshot, StoredEvent};
 use crate::auth::model::TenantId;
 
 /// Appends events in the writing transaction.
@@ -63,12 +63,14 @@ pub async fn after(
     .await
 }
 
-/// Where a stream that resumes nothing starts: before the oldest transaction still running.
-pub async fn now(conn: &mut PgConnection) -> sqlx::Result<Cursor> {
-    let txid: String = sqlx::query_scalar("select pg_snapshot_xmin(pg_current_snapshot())::text")
+/// Where a stream that resumes nothing starts: before the oldest transaction still running,
+/// with the snapshot that tells which later ones had already committed (their events are past).
+pub async fn now(conn: &mut PgConnection) -> sqlx::Result<(Cursor, Snapshot)> {
+    let raw: String = sqlx::query_scalar("select pg_current_snapshot()::text")
         .fetch_one(conn)
         .await?;
-    Ok(Cursor::before_transaction(txid.parse().unwrap_or(0)))
+    let snapshot = Snapshot::parse(&raw).unwrap_or_default();
+    Ok((Cursor::before_transaction(snapshot.xmin), snapshot))
 }
 
 /// The last cursor retention deleted for the tenant, if it deleted any.

@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::BATCH;
-use super::model::{Cursor, EventPayload, StoredEvent, TicketResponse};
+use super::model::{Cursor, EventPayload, Snapshot, StoredEvent, TicketResponse};
 use super::repo::{self, TicketRow};
 use crate::auth::model::{Credential, Principal, Role, TenantId};
 use crate::error::{ApiError, Result};
@@ -139,6 +139,9 @@ pub struct Subscription {
     /// falling behind the broadcast).
     catch_up: bool,
     reset: bool,
+    /// A stream that started at the present: the transactions this snapshot saw finished are
+    /// the past, and their events are not this stream's.
+    past: Option<Snapshot>,
     stop: CancellationToken,
 }
 
@@ -217,11 +220,12 @@ pub async fn subscribe(
     crate::db::end_read(tx);
     // The broadcast first, then the log: the catch-up reads at least as far as the feed had.
     let receiver = state.events.subscribe(&principal.tenant).await?;
-    let (last, reset) = match resume {
-        Some(cursor) if horizon.is_none_or(|h| cursor >= h) => (cursor, false),
+    let (last, reset, past) = match resume {
+        Some(cursor) if horizon.is_none_or(|h| cursor >= h) => (cursor, false, None),
         resumed => {
             let mut conn = state.db.acquire().await?;
-            (repo::now(&mut conn).await?, resumed.is_some())
+            let (cursor, snapshot) = repo::now(&mut conn).await?;
+            (cursor, resumed.is_some(), Some(snapshot))
         }
     };
     Ok(Subscription {
@@ -236,6 +240,7 @@ pub async fn subscribe(
         shared: HashMap::new(),
         catch_up: true,
         reset,
+        past,
         stop: state.events.stopping(),
     })
 }
@@ -274,6 +279,9 @@ impl Subscription {
                     continue;
                 }
                 self.last = cursor;
+                if self.past.as_ref().is_some_and(|past| past.saw(cursor.txid)) {
+                    continue;
+                }
                 if self.admits(&event).await? {
                     return Ok(Next::Event(EventPayload::from(event.as_ref())));
                 }
