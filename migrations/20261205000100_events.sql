@@ -16,8 +16,9 @@ create table event (
     panel_id   bigint,
     view_id    bigint,
     entity_id  text,
-    -- When set, only this user (e-mail or lower-cased user id: a private view's owner) and the
-    -- tenant's admins receive the event.
+    -- Who receives it beyond the panel's readers rule (events::model::Audience): 'user:<key>',
+    -- that user alone (a notification); 'view:<owner>', a private view's owner, those it is
+    -- shared with and admins.
     audience   text,
     actor      jsonb not null,
     at         timestamptz not null default now(),
@@ -159,7 +160,7 @@ begin
         ), events as (
             insert into event (tenant_id, type, panel_id, entity_id, actor)
             select p_tenant, 'panel.created', i.new_id, i.new_id::text,
-                   coalesce(i.value -> 'actor', jsonb_build_object('type', 'user', 'id', i.value ->> 'userId'))
+                   i.value -> 'actor'
               from input i
         )
         select i.ord, p.id, p.tenant_id, p.user_id, p.name, p.description, p.cohort_rule,

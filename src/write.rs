@@ -157,7 +157,7 @@ pub async fn published(state: &AppState, tenant: &TenantId, changes: Vec<Change>
         return;
     }
     // This instance's streams at once; the others when the publish below reaches them.
-    state.events.wake(tenant.as_str());
+    state.events.wake(tenant);
     for change in changes {
         state.cache.committed(tenant, change).await;
     }

@@ -22,7 +22,7 @@ pub struct Change {
     pub(super) panel_id: PanelId,
     pub(super) lists: bool,
     extra: Map<String, Value>,
-    audience: Option<String>,
+    private_view_of: Option<String>,
     logged: bool,
     pub(super) invalidates: bool,
 }
@@ -35,7 +35,7 @@ impl Change {
             panel_id,
             lists: false,
             extra: Map::new(),
-            audience: None,
+            private_view_of: None,
             logged: false,
             invalidates: true,
         }
@@ -48,9 +48,10 @@ impl Change {
         self
     }
 
-    /// Only this user (a private view's owner key) and the tenant's admins receive the event.
-    pub fn only_for(mut self, owner: impl Into<String>) -> Self {
-        self.audience = Some(owner.into());
+    /// The change is of a private view of `owner`: its event goes to the owner, those the view
+    /// is shared with and admins (`events::model::Audience::PrivateView`).
+    pub fn private_view(mut self, owner: impl Into<String>) -> Self {
+        self.private_view_of = Some(owner.into());
         self
     }
 
@@ -75,8 +76,8 @@ impl Change {
         &self.extra
     }
 
-    pub fn audience(&self) -> Option<&str> {
-        self.audience.as_deref()
+    pub fn private_view_owner(&self) -> Option<&str> {
+        self.private_view_of.as_deref()
     }
 
     pub fn is_logged(&self) -> bool {

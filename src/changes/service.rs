@@ -10,7 +10,7 @@ use super::repo;
 use crate::auth::Principal;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
-use crate::events::model::{NewEvent, actor};
+use crate::events::model::{Audience, NewEvent, actor};
 use crate::events::repo as event_log;
 use crate::filter::FilterGroup;
 use crate::ids::ColumnId;
@@ -81,7 +81,7 @@ pub async fn record(
                 panel_id: Some(change.panel_id.0),
                 view_id: Some(*view),
                 entity_id: Some(change_id.to_string()),
-                audience: Some(email.to_lowercase()),
+                audience: Some(Audience::Recipient(email.to_lowercase())),
                 actor: actor(principal),
                 data: serde_json::json!({"viewId": view, "changeId": change_id, "impact": impact, "message": message}),
             })

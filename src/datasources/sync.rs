@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use super::connectors::api::ApiConnector;
 use super::connectors::database::DatabaseConnector;
 use super::connectors::file::FileConnector;
-use super::connectors::sink::RowError;
+use super::connectors::sink::{RowError, SYNC_ACTOR};
 use super::connectors::{Common, Connector, Sink, SinkCounts, SyncError};
 use super::crypto::{SecretScope, decrypt_config, mask_config};
 use super::model::DataSourceRow;
@@ -136,7 +136,6 @@ fn scope_of<'a>(tenant: &'a TenantId, source: &DataSourceRow) -> SecretScope<'a>
     }
 }
 
-/// The actor of changes a sync records.
 /// A run's `sync.started` event.
 fn started(panel_id: PanelId, source: DataSourceId, run: RunId, trigger: &str) -> Change {
     Change::panel("sync.started", panel_id)
@@ -146,9 +145,10 @@ fn started(panel_id: PanelId, source: DataSourceId, run: RunId, trigger: &str) -
         .quiet()
 }
 
+/// The actor of changes a sync records.
 fn system(tenant: &TenantId) -> Principal {
     Principal {
-        user_id: "system:sync".to_owned(),
+        user_id: SYNC_ACTOR.to_owned(),
         email: String::new(),
         tenant: tenant.clone(),
         role: Role::Admin,

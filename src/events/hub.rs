@@ -69,17 +69,10 @@ impl Hub {
         self.inner.stop.clone()
     }
 
-    pub fn db(&self) -> &Db {
-        &self.inner.db
-    }
-
     /// Wakes the tenant's feed (after a commit of this instance, or a wake-up from Redis).
-    pub fn wake(&self, tenant: &str) {
+    pub fn wake(&self, tenant: &TenantId) {
         let feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(feed) = feeds
-            .iter()
-            .find_map(|(t, feed)| (t.as_str() == tenant).then_some(feed))
-        {
+        if let Some(feed) = feeds.get(tenant) {
             feed.wake.notify_one();
         }
     }
@@ -92,32 +85,17 @@ impl Hub {
             .map_or(0, |feed| feed.events.receiver_count())
     }
 
-    /// Tenants with a feed on this instance (metrics, tests).
-    pub fn feeds(&self) -> usize {
-        self.inner
-            .feeds
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
-
-    /// A receiver of the tenant's events from now on. The feed, when it is new, starts at the
-    /// log's present, read before this returns: a subscriber's own catch-up, read after this,
-    /// reaches at least as far, so between the two nothing falls through.
-    pub async fn subscribe(
+    /// A receiver of the tenant's events from now on. A new feed starts at `start`, a position
+    /// the subscriber read before calling: its own catch-up, read after this returns, reaches at
+    /// least as far as the feed has, so between the two nothing falls through.
+    pub fn subscribe(
         &self,
         tenant: &TenantId,
-    ) -> sqlx::Result<broadcast::Receiver<Arc<StoredEvent>>> {
-        if let Some(receiver) = self.existing(tenant) {
-            return Ok(receiver);
-        }
-        let start = {
-            let mut conn = self.inner.db.acquire().await?;
-            repo::now(&mut conn).await?.0
-        };
+        start: Cursor,
+    ) -> broadcast::Receiver<Arc<StoredEvent>> {
         let mut feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(feed) = feeds.get(tenant) {
-            return Ok(feed.events.subscribe());
+            return feed.events.subscribe();
         }
         let (events, receiver) = broadcast::channel(BROADCAST);
         let feed = Arc::new(Feed {
@@ -128,12 +106,7 @@ impl Hub {
         let hub = self.clone();
         let tenant = tenant.clone();
         tokio::spawn(async move { hub.run(tenant, feed, start).await });
-        Ok(receiver)
-    }
-
-    fn existing(&self, tenant: &TenantId) -> Option<broadcast::Receiver<Arc<StoredEvent>>> {
-        let feeds = self.inner.feeds.lock().unwrap_or_else(|e| e.into_inner());
-        feeds.get(tenant).map(|feed| feed.events.subscribe())
+        receiver
     }
 
     /// A feed: reads what is new whenever woken (or every `poll`), until nobody here listens.
@@ -203,8 +176,8 @@ impl Hub {
             tokio::select! {
                 message = messages.recv() => match message {
                     Ok(message) => {
-                        if let Some(tenant) = message.tenant() {
-                            self.wake(tenant);
+                        if let Some(tenant) = message.tenant().and_then(TenantId::parse) {
+                            self.wake(&tenant);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.wake_all(),

@@ -1,9 +1,10 @@
 //! What the event log holds and what a subscriber receives.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
@@ -75,6 +76,35 @@ impl Snapshot {
     }
 }
 
+/// Who may receive an event beyond the panel's readers rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// This user alone (a notification), whoever else may read the panel: admins included.
+    Recipient(String),
+    /// A private view's event: its owner, the users it is shared with, and admins.
+    PrivateView { owner: String },
+}
+
+impl Audience {
+    /// As stored in `event.audience`.
+    pub fn to_column(&self) -> String {
+        match self {
+            Self::Recipient(user) => format!("user:{user}"),
+            Self::PrivateView { owner } => format!("view:{owner}"),
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.split_once(':')? {
+            ("user", user) => Some(Self::Recipient(user.to_owned())),
+            ("view", owner) => Some(Self::PrivateView {
+                owner: owner.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// An event to append in the writing transaction.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -82,7 +112,7 @@ pub struct NewEvent {
     pub panel_id: Option<i64>,
     pub view_id: Option<i64>,
     pub entity_id: Option<String>,
-    pub audience: Option<String>,
+    pub audience: Option<Audience>,
     pub actor: Value,
     pub data: Value,
 }
@@ -102,7 +132,11 @@ impl NewEvent {
             panel_id: Some(change.panel_id().0),
             view_id,
             entity_id: Some(entity.to_string()),
-            audience: change.audience().map(str::to_owned),
+            audience: change
+                .private_view_owner()
+                .map(|owner| Audience::PrivateView {
+                    owner: owner.to_owned(),
+                }),
             actor: actor(principal),
             data: Value::Object(extra.clone()),
         }
@@ -113,7 +147,7 @@ impl NewEvent {
 /// system (the sync worker and the scheduler).
 pub fn actor(principal: &Principal) -> Value {
     if principal.user_id.starts_with("system:") {
-        return json!({"type": "system", "id": principal.user_id});
+        return system_actor(&principal.user_id);
     }
     match principal.credential {
         Credential::ApiKey { id, .. } => {
@@ -125,10 +159,16 @@ pub fn actor(principal: &Principal) -> Value {
     }
 }
 
-/// An event as stored.
+/// The system as an actor (`system:sync`, …).
+pub fn system_actor(id: &str) -> Value {
+    json!({"type": "system", "id": id})
+}
+
+/// An event as stored, with its payload serialised once however many streams send it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredEvent {
-    pub txid: String,
+    /// The transaction id (`xid8`, read as a number).
+    pub txid: i64,
     pub seq: i64,
     #[sqlx(rename = "type")]
     pub kind: String,
@@ -139,19 +179,32 @@ pub struct StoredEvent {
     pub actor: Value,
     pub at: DateTime<Utc>,
     pub data: Value,
+    #[sqlx(skip)]
+    json: OnceLock<String>,
 }
 
 impl StoredEvent {
     pub fn cursor(&self) -> Cursor {
         Cursor {
-            txid: self.txid.parse().unwrap_or(0),
+            txid: self.txid as u64,
             seq: self.seq,
         }
+    }
+
+    pub fn audience(&self) -> Option<Audience> {
+        self.audience.as_deref().and_then(Audience::parse)
+    }
+
+    /// The payload as JSON ([`EventPayload`]), serialised on first use.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| {
+            serde_json::to_string(&EventPayload::from(self)).unwrap_or_else(|_| "{}".to_owned())
+        })
     }
 }
 
 /// An event as a subscriber receives it (the SSE `data:`, a WebSocket message).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventPayload {
     /// The event's cursor: resume after it with `Last-Event-ID`.
@@ -215,6 +268,19 @@ mod tests {
         for bad in ["", "7412", "-1", "a-1", "1-b", "1--2", "1-2-3"] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn audiences_round_trip_through_their_column() {
+        for audience in [
+            Audience::Recipient("vic@acme.example".to_owned()),
+            Audience::PrivateView {
+                owner: "ann@acme.example".to_owned(),
+            },
+        ] {
+            assert_eq!(Audience::parse(&audience.to_column()), Some(audience));
+        }
+        assert_eq!(Audience::parse("nobody"), None);
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub async fn append(
     let panels: Vec<Option<i64>> = events.iter().map(|e| e.panel_id).collect();
     let views: Vec<Option<i64>> = events.iter().map(|e| e.view_id).collect();
     let entities: Vec<Option<&str>> = events.iter().map(|e| e.entity_id.as_deref()).collect();
-    let audiences: Vec<Option<&str>> = events.iter().map(|e| e.audience.as_deref()).collect();
+    let audiences: Vec<Option<String>> = events
+        .iter()
+        .map(|e| e.audience.as_ref().map(|a| a.to_column()))
+        .collect();
     let actors: Vec<&serde_json::Value> = events.iter().map(|e| &e.actor).collect();
     let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
     sqlx::query(
@@ -48,7 +51,7 @@ pub async fn after(
     limit: i64,
 ) -> sqlx::Result<Vec<StoredEvent>> {
     sqlx::query_as(
-        "select txid::text as txid, seq, type, panel_id, view_id, entity_id, audience, actor, at, data
+        "select txid::text::int8 as txid, seq, type, panel_id, view_id, entity_id, audience, actor, at, data
            from event
           where tenant_id = $1 and (txid, seq) > ($2::text::xid8, $3)
             and txid < pg_snapshot_xmin(pg_current_snapshot())
@@ -63,27 +66,36 @@ pub async fn after(
     .await
 }
 
-/// Where a stream that resumes nothing starts: before the oldest transaction still running,
-/// with the snapshot that tells which later ones had already committed (their events are past).
-pub async fn now(conn: &mut PgConnection) -> sqlx::Result<(Cursor, Snapshot)> {
-    let raw: String = sqlx::query_scalar("select pg_current_snapshot()::text")
-        .fetch_one(conn)
-        .await?;
-    let snapshot = Snapshot::parse(&raw).unwrap_or_default();
-    Ok((Cursor::before_transaction(snapshot.xmin), snapshot))
+/// Where the tenant's log stands, for a stream opening now.
+pub struct Position {
+    /// A stream that resumes nothing starts here (before the oldest transaction still running)…
+    pub start: Cursor,
+    /// …skipping the events of the later transactions this snapshot saw finished (the past).
+    pub snapshot: Snapshot,
+    /// The last cursor retention deleted, if it deleted any: resuming at or before it missed
+    /// events.
+    pub horizon: Option<Cursor>,
 }
 
-/// The last cursor retention deleted for the tenant, if it deleted any.
-pub async fn horizon(conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<Option<Cursor>> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("select txid::text, seq from event_horizon where tenant_id = $1")
-            .bind(tenant.as_str())
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|(txid, seq)| Cursor {
-        txid: txid.parse().unwrap_or(0),
-        seq,
-    }))
+/// The log's present and the tenant's retention horizon, in one statement.
+pub async fn position(conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<Position> {
+    let (raw, horizon_txid, horizon_seq): (String, Option<String>, Option<i64>) = sqlx::query_as(
+        "select pg_current_snapshot()::text, h.txid::text, h.seq
+           from (select 1) as one left join event_horizon h on h.tenant_id = $1",
+    )
+    .bind(tenant.as_str())
+    .fetch_one(conn)
+    .await?;
+    let snapshot = Snapshot::parse(&raw).unwrap_or_default();
+    let horizon = match (horizon_txid.and_then(|t| t.parse().ok()), horizon_seq) {
+        (Some(txid), Some(seq)) => Some(Cursor { txid, seq }),
+        _ => None,
+    };
+    Ok(Position {
+        start: Cursor::before_transaction(snapshot.xmin),
+        snapshot,
+        horizon,
+    })
 }
 
 /// Deletes up to `limit` events older than `hours`; answers how many.
@@ -139,20 +151,17 @@ pub async fn redeem_ticket(
         .await
 }
 
-/// The panels of the tenant a reader may read (`reader`: its e-mail and lower-cased user id;
-/// `None` for an admin, who reads every panel).
+/// The panels of the tenant a non-admin may read: those it holds an entry on (`reader`: its
+/// e-mail and lower-cased user id), as the panels list decides.
 pub async fn readable_panels(
     conn: &mut PgConnection,
     tenant: &TenantId,
-    reader: Option<(&str, &str)>,
+    (email, user): (&str, &str),
 ) -> sqlx::Result<Vec<i64>> {
-    let (email, user) = reader.unzip();
     sqlx::query_scalar(
-        "select p.id from panel p
-          where p.tenant_id = $1
-            and ($2::text is null or exists (
-                select 1 from access_control_lists a where a.tenant_id = $1 and a.resource_type = 'panel'
-                   and a.resource_id = p.id and a.user_email in ($2, $3, '_all')))",
+        "select a.resource_id from access_control_lists a
+          where a.tenant_id = $1 and a.resource_type = 'panel' and a.user_email in ($2, $3, '_all')
+            and exists (select 1 from panel p where p.tenant_id = $1 and p.id = a.resource_id)",
     )
     .bind(tenant.as_str())
     .bind(email)

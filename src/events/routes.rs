@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::model::{EventPayload, TicketResponse};
+use super::model::{StoredEvent, TicketResponse};
 use super::service::{self, Filters, Next};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody, Result};
@@ -72,7 +72,7 @@ impl FromRequestParts<AppState> for StreamCaller {
 }
 
 /// The tenant's events as Server-Sent Events: each `id:` is the event's cursor, `event:` its type
-/// and `data:` the JSON payload ([`EventPayload`]). Only events of panels the caller may read (checked
+/// and `data:` the JSON payload (`EventPayload`). Only events of panels the caller may read (checked
 /// again when access changes), and of private views only their owner's. Resume with
 /// `Last-Event-ID` (or `?lastEventId=`): exactly the events after it, in commit order; an id older
 /// than `EVENT_RETENTION_HOURS` gets `event: reset` (refetch, then follow). A comment every
@@ -117,7 +117,7 @@ pub async fn stream_events(
             .await
             .unwrap_or(Ok(Next::Shutdown));
         let (event, more) = match next {
-            Ok(Next::Event(payload)) => (data_event(&payload), true),
+            Ok(Next::Event(event)) => (data_event(&event), true),
             Ok(Next::Reset) => (
                 SseEvent::default()
                     .event("reset")
@@ -147,12 +147,11 @@ pub async fn stream_events(
     Ok(response)
 }
 
-fn data_event(payload: &EventPayload) -> SseEvent {
-    let data = serde_json::to_string(payload).unwrap_or_else(|_| "{}".to_owned());
+fn data_event(event: &StoredEvent) -> SseEvent {
     SseEvent::default()
-        .id(payload.id.clone())
-        .event(payload.kind.clone())
-        .data(data)
+        .id(event.cursor().to_string())
+        .event(event.kind.as_str())
+        .data(event.json())
 }
 
 /// A single-use ticket (valid 60 seconds) to open `GET /api/events?ticket=` from a browser's

@@ -3,18 +3,20 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use base64::Engine;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::BATCH;
-use super::model::{Cursor, EventPayload, Snapshot, StoredEvent, TicketResponse};
+use super::model::{Audience, Cursor, Snapshot, StoredEvent, TicketResponse};
 use super::repo::{self, TicketRow};
 use crate::auth::model::{Credential, Principal, Role, TenantId};
+use crate::auth::tokens::random_token;
 use crate::error::{ApiError, Result};
+use crate::ids::{PanelId, ViewId};
+use crate::panels::service::{self as panels, Access};
 use crate::state::AppState;
+use crate::views::service as views;
 
 /// Seconds a ticket for `GET /api/events?ticket=` stays valid.
 pub const TICKET_SECONDS: u64 = 60;
@@ -114,7 +116,8 @@ impl Filters {
 
 /// What the next step of a stream is.
 pub enum Next {
-    Event(EventPayload),
+    /// Shared with every stream that sends it (its JSON is serialised once).
+    Event(Arc<StoredEvent>),
     /// The resume point is older than retention: the client refetches, then follows.
     Reset,
     /// The instance shuts down: the client reconnects (elsewhere) with its last id.
@@ -163,51 +166,6 @@ pub async fn subscribe(
             )
         })?),
     };
-    let mut tx = state.db.begin(&principal.tenant).await?;
-    let readable = readable(&mut tx, &principal).await?;
-    let may_read = |panel: i64| readable.as_ref().is_none_or(|set| set.contains(&panel));
-    let mut view_panel = None;
-    if let Some(view) = filters.view_id {
-        let found = crate::acls::repo::panel_of(
-            &mut tx,
-            &principal.tenant,
-            crate::acls::model::ResourceType::View,
-            view,
-        )
-        .await?
-        .map(|panel| panel.0);
-        let visible = match found {
-            Some(panel) if may_read(panel) => {
-                crate::acls::repo::is_published_view(&mut tx, &principal.tenant, view).await?
-                    || crate::acls::service::permission(
-                        &mut tx,
-                        &principal,
-                        crate::acls::model::ResourceType::View,
-                        view,
-                    )
-                    .await?
-                    .is_some()
-            }
-            _ => false,
-        };
-        if !visible {
-            return Err(ApiError::not_found("VIEW_NOT_FOUND", "View not found"));
-        }
-        view_panel = found;
-    }
-    if let Some(panel) = filters.panel_id {
-        let exists = crate::acls::repo::panel_of(
-            &mut tx,
-            &principal.tenant,
-            crate::acls::model::ResourceType::Panel,
-            panel,
-        )
-        .await?
-        .is_some();
-        if !exists || !may_read(panel) {
-            return Err(ApiError::not_found("PANEL_NOT_FOUND", "Panel not found"));
-        }
-    }
     // One tenant's streams cannot take an instance's memory and connections from the others.
     let cap = state.config.event_max_streams_per_tenant;
     if state.events.streams(&principal.tenant) >= cap {
@@ -216,17 +174,27 @@ pub async fn subscribe(
             limit: cap as u64,
         });
     }
-    let horizon = repo::horizon(&mut tx, &principal.tenant).await?;
-    crate::db::end_read(tx);
-    // The broadcast first, then the log: the catch-up reads at least as far as the feed had.
-    let receiver = state.events.subscribe(&principal.tenant).await?;
-    let (last, reset, past) = match resume {
-        Some(cursor) if horizon.is_none_or(|h| cursor >= h) => (cursor, false, None),
-        resumed => {
-            let mut conn = state.db.acquire().await?;
-            let (cursor, snapshot) = repo::now(&mut conn).await?;
-            (cursor, resumed.is_some(), Some(snapshot))
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    let readable = readable(&mut tx, &principal).await?;
+    let mut view_panel = None;
+    if let Some(view) = filters.view_id {
+        let view = views::readable(&mut tx, &principal, ViewId(view)).await?;
+        if !may_read(&readable, view.panel_id.0) {
+            return Err(views::not_found());
         }
+        view_panel = Some(view.panel_id.0);
+    }
+    if let Some(panel) = filters.panel_id {
+        panels::authorize(&mut tx, &principal, PanelId(panel), Access::Read).await?;
+    }
+    let position = repo::position(&mut tx, &principal.tenant).await?;
+    crate::db::end_read(tx);
+    // The broadcast first, then the log: the catch-up, read later, reaches at least as far as
+    // the feed had.
+    let receiver = state.events.subscribe(&principal.tenant, position.start);
+    let (last, reset, past) = match resume {
+        Some(cursor) if position.horizon.is_none_or(|h| cursor >= h) => (cursor, false, None),
+        resumed => (position.start, resumed.is_some(), Some(position.snapshot)),
     };
     Ok(Subscription {
         state: state.clone(),
@@ -250,17 +218,23 @@ async fn readable(
     conn: &mut sqlx::PgConnection,
     principal: &Principal,
 ) -> Result<Option<HashSet<i64>>> {
-    if principal.is_admin() {
-        return Ok(None);
-    }
     let user = principal.user_id.to_lowercase();
-    let panels = repo::readable_panels(
-        conn,
-        &principal.tenant,
-        Some((principal.email.as_str(), user.as_str())),
-    )
-    .await?;
+    let Some(reader) = panels::reader(principal, &user) else {
+        return Ok(None);
+    };
+    let panels = repo::readable_panels(conn, &principal.tenant, reader).await?;
     Ok(Some(panels.into_iter().collect()))
+}
+
+/// Whether `user` (an e-mail or a user id) is `principal`.
+fn is(principal: &Principal, user: &str) -> bool {
+    !user.is_empty()
+        && (user.eq_ignore_ascii_case(&principal.email)
+            || user.eq_ignore_ascii_case(&principal.user_id))
+}
+
+fn may_read(readable: &Option<HashSet<i64>>, panel: i64) -> bool {
+    readable.as_ref().is_none_or(|set| set.contains(&panel))
 }
 
 impl Subscription {
@@ -283,7 +257,7 @@ impl Subscription {
                     continue;
                 }
                 if self.admits(&event).await? {
-                    return Ok(Next::Event(EventPayload::from(event.as_ref())));
+                    return Ok(Next::Event(event));
                 }
                 continue;
             }
@@ -313,44 +287,63 @@ impl Subscription {
         self.last
     }
 
-    /// Whether the subscriber may receive `event`: its filters, the panels it may read (read
-    /// again when access may have changed, before deciding on the event that changed it), and a
-    /// private view's owner.
+    /// Whether the subscriber may receive `event`: its filters, the panels it may read (kept up
+    /// to date as access changes, before deciding on the event that changed it), and the event's
+    /// audience.
     async fn admits(&mut self, event: &StoredEvent) -> Result<bool> {
-        if self.readable.is_some()
-            && matches!(
-                event.kind.as_str(),
-                "acl.changed" | "panel.created" | "panel.deleted"
-            )
-        {
-            let mut tx = self.state.db.begin(&self.principal.tenant).await?;
-            self.readable = readable(&mut tx, &self.principal).await?;
-            crate::db::end_read(tx);
-            self.shared.clear();
-        }
-        if let (Some(set), Some(panel)) = (&self.readable, event.panel_id)
-            && !set.contains(&panel)
+        self.follow_access(event).await?;
+        if !event
+            .panel_id
+            .is_none_or(|panel| may_read(&self.readable, panel))
+            || !self.filters.matches(event, self.view_panel)
         {
             return Ok(false);
         }
-        if !self.filters.matches(event, self.view_panel) {
-            return Ok(false);
+        match event.audience() {
+            Some(Audience::Recipient(user)) => Ok(self.is(&user)),
+            Some(Audience::PrivateView { owner })
+                if !self.principal.is_admin() && !self.is(&owner) =>
+            {
+                self.shared_with_me(event.view_id).await
+            }
+            _ => Ok(true),
         }
-        // A notification is its recipient's alone, whoever else may read the view.
-        if event.kind == "notification.created" {
-            return Ok(event.audience.as_deref().is_some_and(|to| {
-                to.eq_ignore_ascii_case(&self.principal.email)
-                    || to.eq_ignore_ascii_case(&self.principal.user_id)
-            }));
+    }
+
+    /// Keeps a non-admin's readable panels current: a deleted panel leaves the set; a created
+    /// one joins it when this subscriber created it (a new panel's only entry is its creator's);
+    /// an ACL change is read again (it may be anyone's).
+    async fn follow_access(&mut self, event: &StoredEvent) -> Result<()> {
+        let Some(set) = self.readable.as_mut() else {
+            return Ok(());
+        };
+        match (event.kind.as_str(), event.panel_id) {
+            ("panel.deleted", Some(panel)) => {
+                set.remove(&panel);
+            }
+            ("panel.created", Some(panel)) => {
+                let mine = ["email", "id"].iter().any(|key| {
+                    event.actor[*key]
+                        .as_str()
+                        .is_some_and(|v| is(&self.principal, v))
+                });
+                if mine {
+                    set.insert(panel);
+                }
+            }
+            ("acl.changed", _) => {
+                let mut tx = self.state.db.begin(&self.principal.tenant).await?;
+                self.readable = readable(&mut tx, &self.principal).await?;
+                crate::db::end_read(tx);
+                self.shared.clear();
+            }
+            _ => {}
         }
-        if let Some(owner) = &event.audience
-            && !self.principal.is_admin()
-            && !owner.eq_ignore_ascii_case(&self.principal.email)
-            && !owner.eq_ignore_ascii_case(&self.principal.user_id)
-        {
-            return self.shared_with_me(event.view_id).await;
-        }
-        Ok(true)
+        Ok(())
+    }
+
+    fn is(&self, user: &str) -> bool {
+        is(&self.principal, user)
     }
 
     /// Whether a private view is shared with this subscriber (an ACL entry of its own),
@@ -379,12 +372,7 @@ impl Subscription {
 
 /// Issues a single-use ticket for the caller (60 seconds).
 pub async fn ticket(state: &AppState, principal: &Principal) -> Result<TicketResponse> {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let ticket = format!(
-        "evt_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
+    let ticket = random_token("evt_");
     let row = TicketRow {
         tenant_id: principal.tenant.as_str().to_owned(),
         user_id: principal.user_id.clone(),

@@ -58,7 +58,7 @@ pub async fn authorize(
 
 /// The (e-mail, lower-cased user id) whose ACL entries count, or `None` for an admin, who holds
 /// every permission in the tenant and reads no entry.
-fn reader<'a>(principal: &'a Principal, user: &'a str) -> Option<(&'a str, &'a str)> {
+pub fn reader<'a>(principal: &'a Principal, user: &'a str) -> Option<(&'a str, &'a str)> {
     (!principal.is_admin()).then_some((principal.email.as_str(), user))
 }
 

@@ -36,9 +36,9 @@ fn view_change(event: &'static str, row: &ViewRow) -> Change {
     if row.is_published {
         change
     } else if row.owner_email.is_empty() {
-        change.only_for(row.owner_user_id.to_lowercase())
+        change.private_view(row.owner_user_id.to_lowercase())
     } else {
-        change.only_for(row.owner_email.to_lowercase())
+        change.private_view(row.owner_email.to_lowercase())
     }
 }
 
@@ -65,6 +65,12 @@ async fn authorize(
     Ok(view)
 }
 
+/// A view the caller may read: a published one everyone in the tenant, a private one its owner
+/// and those it is shared with; any other answers `VIEW_NOT_FOUND`.
+pub async fn readable(tx: &mut Tx, principal: &Principal, id: ViewId) -> Result<ViewRow> {
+    authorize(tx, principal, id, Permission::Viewer).await
+}
+
 /// A view the caller may read, and its sorts in order: what its rows are listed by. A private
 /// view answers its owner and those it is shared with; a published one everyone in the tenant
 /// (the rows also ask for the panel).
@@ -73,7 +79,7 @@ pub async fn for_rows(
     principal: &Principal,
     id: ViewId,
 ) -> Result<(ViewRow, Vec<SortRow>)> {
-    let view = authorize(tx, principal, id, Permission::Viewer).await?;
+    let view = readable(tx, principal, id).await?;
     let sorts = repo::sorts_of(tx, &principal.tenant, &[id]).await?;
     Ok((view, sorts))
 }

@@ -705,3 +705,63 @@ async fn a_tenant_holds_at_most_its_share_of_streams() {
     );
     drop((first, second));
 }
+
+#[tokio::test]
+async fn a_private_views_events_reach_its_owner_those_it_is_shared_with_and_admins() {
+    let app = TestApp::spawn().await;
+    let admin = token_for("private", "admin@private.example", Role::Admin);
+    let vic = token_for("private", "vic@private.example", Role::User);
+    let bob = token_for("private", "bob@private.example", Role::User);
+    let panel = app.create_panel(&admin, "Shared panel").await;
+    for who in ["vic@private.example", "bob@private.example"] {
+        let res = app
+            .post(&format!("/api/acls/panel/{panel}"))
+            .bearer(&admin)
+            .json(&json!({"userEmail": who, "permission": "viewer"}))
+            .send()
+            .await;
+        assert_eq!(res.status, 201, "{}", res.text);
+    }
+    let path = "/api/events?types=view.*";
+    let mut vic_stream = Stream::open(&app, path, Some(&vic), None).await;
+    let mut bob_stream = Stream::open(&app, path, Some(&bob), None).await;
+    let mut admin_stream = Stream::open(&app, path, Some(&admin), None).await;
+
+    let view = app
+        .post("/api/views")
+        .bearer(&vic)
+        .json(&json!({"panelId": panel, "name": "Vic's own"}))
+        .send()
+        .await;
+    assert_eq!(view.status, 201, "{}", view.text);
+    let view_id = view.body["id"].as_i64().expect("view");
+    for stream in [&mut vic_stream, &mut admin_stream] {
+        let created = stream.event(ARRIVES).await.expect("view.created");
+        assert_eq!(created.json()["type"], "view.created");
+        assert_eq!(created.json()["viewId"], view_id);
+    }
+    assert!(
+        bob_stream.drain(QUIET).await.is_empty(),
+        "another reader of the panel does not see a private view"
+    );
+
+    let shared = app
+        .post(&format!("/api/acls/view/{view_id}"))
+        .bearer(&vic)
+        .json(&json!({"userEmail": "bob@private.example", "permission": "viewer"}))
+        .send()
+        .await;
+    assert_eq!(shared.status, 201, "{}", shared.text);
+    let renamed = app
+        .put(&format!("/api/views/{view_id}"))
+        .bearer(&vic)
+        .json(&json!({"name": "Vic's, shared"}))
+        .send()
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    let got = bob_stream.event(ARRIVES).await.expect("shared now");
+    assert_eq!(got.json()["type"], "view.updated");
+    assert_eq!(got.json()["viewId"], view_id);
+    let vic_got = vic_stream.event(ARRIVES).await.expect("the owner's own");
+    assert_eq!(vic_got.json()["type"], "view.updated");
+}

@@ -15,11 +15,14 @@ use sqlx::{Arguments, AssertSqlSafe};
 use super::SyncError;
 use crate::auth::TenantId;
 use crate::db::Db;
-use crate::events::model::NewEvent;
+use crate::events::model::{NewEvent, system_actor};
+
+use crate::formula::{SqlBuilder, SqlParam};
 
 /// At most one `sync.progress` event a second, written with the batch it counts.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-use crate::formula::{SqlBuilder, SqlParam};
+/// Who writes a sync's rows and records its changes.
+pub const SYNC_ACTOR: &str = "system:sync";
 
 /// Records per batch: large enough to amortise round trips, small enough to bound memory.
 pub const BATCH_SIZE: usize = 1000;
@@ -227,7 +230,7 @@ impl Sink {
                 view_id: None,
                 entity_id: Some(self.run_id.0.to_string()),
                 audience: None,
-                actor: serde_json::json!({"type": "system", "id": "system:sync"}),
+                actor: system_actor(SYNC_ACTOR),
                 data: serde_json::json!({
                     "dataSourceId": self.data_source_id, "runId": self.run_id,
                     "inserted": self.counts.inserted, "updated": self.counts.updated,
