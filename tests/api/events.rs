@@ -765,3 +765,53 @@ async fn a_private_views_events_reach_its_owner_those_it_is_shared_with_and_admi
     let vic_got = vic_stream.event(ARRIVES).await.expect("the owner's own");
     assert_eq!(vic_got.json()["type"], "view.updated");
 }
+
+#[tokio::test]
+async fn a_long_push_reports_its_progress_with_counts() {
+    let app = TestApp::spawn().await;
+    let token = token_for("progress", "admin@progress.example", Role::Admin);
+    let panel = app.create_panel(&token, "Big push").await;
+    let ds = app
+        .create_source(&token, panel, "custom", json!({"keyField": "id"}))
+        .await;
+    let mut stream = Stream::open(
+        &app,
+        "/api/events?types=sync.progress,sync.succeeded",
+        Some(&token),
+        None,
+    )
+    .await;
+    // Two and a half batches of 1,000: the first full batch reports its progress.
+    let records: Vec<Value> = (0..2500).map(|i| json!({"id": i})).collect();
+    let pushed = app
+        .post(&format!("/api/panels/{panel}/datasources/{ds}/records"))
+        .bearer(&token)
+        .json(&json!({"records": records}))
+        .send()
+        .await;
+    assert_eq!(pushed.status, 200, "{}", pushed.text);
+    let mut progress = Vec::new();
+    loop {
+        let event = stream
+            .event(ARRIVES)
+            .await
+            .expect("progress, then the end")
+            .json();
+        if event["type"] == "sync.succeeded" {
+            assert_eq!(event["data"]["inserted"], 2500);
+            break;
+        }
+        progress.push(event);
+    }
+    assert!(!progress.is_empty(), "no sync.progress");
+    assert_eq!(
+        progress[0]["data"]["inserted"], 1000,
+        "the first batch's counts"
+    );
+    let run = progress[0]["data"]["runId"].clone();
+    assert!(
+        progress
+            .iter()
+            .all(|p| p["data"]["runId"] == run && p["entityId"] == run.to_string())
+    );
+}

@@ -19,7 +19,8 @@ use crate::events::model::{NewEvent, system_actor};
 
 use crate::formula::{SqlBuilder, SqlParam};
 
-/// At most one `sync.progress` event a second, written with the batch it counts.
+/// `sync.progress`: after a run's first full batch, then at most once a second, written with the
+/// batch it counts.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Who writes a sync's rows and records its changes.
 pub const SYNC_ACTOR: &str = "system:sync";
@@ -61,7 +62,7 @@ pub struct Sink {
     /// Stamp unchanged rows with this run (only the `delete` policy needs to know them).
     track_seen: bool,
     /// When the last `sync.progress` event was written (at most one a second).
-    progress_at: std::time::Instant,
+    progress_at: Option<std::time::Instant>,
 }
 
 impl Sink {
@@ -85,7 +86,7 @@ impl Sink {
             batch: IndexMap::with_capacity(BATCH_SIZE),
             counts: SinkCounts::default(),
             track_seen: true,
-            progress_at: std::time::Instant::now(),
+            progress_at: None,
         }
     }
 
@@ -116,7 +117,7 @@ impl Sink {
         let hash = Sha256::digest(serde_json::to_vec(&record).unwrap_or_default()).to_vec();
         self.batch.insert(key, (record, hash));
         if self.batch.len() >= BATCH_SIZE {
-            self.flush().await?;
+            self.flush(true).await?;
         }
         Ok(())
     }
@@ -137,8 +138,9 @@ impl Sink {
     }
 
     /// Writes the current batch in its own transaction (a crash loses at most one batch, and a
-    /// retried run re-applies it idempotently).
-    pub async fn flush(&mut self) -> Result<(), SyncError> {
+    /// retried run re-applies it idempotently), with a `sync.progress` event when `progress` (a
+    /// full batch, more to come) and it is time for one.
+    async fn flush(&mut self, progress: bool) -> Result<(), SyncError> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -222,8 +224,12 @@ impl Sink {
                 self.counts.unchanged += 1;
             }
         }
-        if self.progress_at.elapsed() >= PROGRESS_EVERY {
-            self.progress_at = std::time::Instant::now();
+        if progress
+            && self
+                .progress_at
+                .is_none_or(|at| at.elapsed() >= PROGRESS_EVERY)
+        {
+            self.progress_at = Some(std::time::Instant::now());
             let progress = NewEvent {
                 kind: "sync.progress".to_owned(),
                 panel_id: Some(self.panel_id.0),
@@ -246,7 +252,8 @@ impl Sink {
     /// Flushes the last batch and, for a full sync with the `delete` policy, removes the rows
     /// this run did not see.
     pub async fn finish(mut self, delete_missing: bool) -> Result<SinkCounts, SyncError> {
-        self.flush().await?;
+        // The last batch: the run's end reports the counts (`sync.succeeded`), not a progress.
+        self.flush(false).await?;
         if delete_missing {
             let mut tx = self.db.begin(&self.tenant).await?;
             let deleted = sqlx::query(
