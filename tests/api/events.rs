@@ -809,9 +809,10 @@ async fn a_long_push_reports_its_progress_with_counts() {
         "the first batch's counts"
     );
     let run = progress[0]["data"]["runId"].clone();
+    let run_entity = run.to_string();
     assert!(
         progress
             .iter()
-            .all(|p| p["data"]["runId"] == run && p["entityId"] == run.to_string())
+            .all(|p| p["data"]["runId"] == run && p["entityId"] == run_entity.as_str())
     );
 }
