@@ -105,10 +105,13 @@ PANEL_SQL = "select * from read_panel('{t}', :id, '{email}', '{sub}');\n"
 
 # What POST /api/panels without an Idempotency-Key sends: one statement inserting the panel and
 # its owner entry, committed by itself.
+# What the server sends for one panel (src/panels/batch.rs NewPanel, with the actor its
+# `panel.created` event names).
 CREATE_SQL = (
     "select * from create_panels('{t}', '[{{\"userId\": \"{sub}\", \"owner\": \"{email}\", "
     "\"name\": \"Bench panel\", \"description\": \"Created by the load benchmark\", "
-    "\"cohortRule\": {{\"conditions\": [], \"logic\": \"AND\"}}, \"metadata\": {{\"source\": \"bench\"}}}}]');\n"
+    "\"cohortRule\": {{\"conditions\": [], \"logic\": \"AND\"}}, \"metadata\": {{\"source\": \"bench\"}}, "
+    "\"actor\": {{\"type\": \"user\", \"id\": \"{sub}\", \"email\": \"{email}\"}}}}]');\n"
 )
 
 
