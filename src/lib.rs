@@ -173,6 +173,11 @@ pub fn spawn_workers(
             state.config.event_retention_hours,
             stop.clone(),
         ));
+        handles.push(rows::membership::spawn(
+            state.clone(),
+            state.config.membership_refresh,
+            stop.clone(),
+        ));
         handles.push(rows::indexes::spawn_builder(
             state.db.clone(),
             state.config.database_url().to_owned(),

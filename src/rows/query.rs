@@ -641,6 +641,15 @@ pub fn check_all(columns: &[ColumnDef]) -> (HashMap<String, Checked>, Vec<RowWar
     (checked, warnings)
 }
 
+/// The filter kind of a column (a calculated column's by its formula's result type).
+pub fn field_kind(column: &ColumnDef) -> FieldKind {
+    if column.kind == "calculated" {
+        FieldKind::of_column_type(column.value_type().name())
+    } else {
+        FieldKind::of_column_type(&column.column_type)
+    }
+}
+
 /// What the query asks for, resolved against the panel.
 pub struct Request<'r> {
     pub tenant: &'r TenantId,
@@ -992,6 +1001,40 @@ impl Plan {
     /// The number of matching rows.
     pub fn count(&self) -> (String, PgArguments) {
         let sql = format!("select count(*) from panel_row r where {}", self.conditions);
+        Self::statement(&self.out, &sql)
+    }
+
+    /// Moves the stored members of `scope` (`row_membership`: 0 the cohort, else a published
+    /// view) to the rows that match now, in one statement that reads them once. Answers
+    /// `(entered, left, entered ids, left ids)`: the counts, and the first `cap` ids of each in
+    /// ascending order. A row deleted from the panel is among those that left.
+    pub fn membership(&self, scope: i64, cap: i64) -> (String, PgArguments) {
+        // A full join, which the planner can only run as a hash or merge join, and the rows that
+        // left deleted by key: joined to the CTE (whose size the planner guesses as one row) it
+        // chose nested loops, 3 to 5 s for 10,000 rows entering at once.
+        let member = format!("m.tenant_id = $1 and m.panel_id = $2 and m.scope = {scope}");
+        let sql = format!(
+            "with diff as materialized (
+                select coalesce(n.id, m.row_id) as id, n.id is not null as inside
+                  from (select r.id from panel_row r where {conditions}) n
+                  full join (select m.row_id from row_membership m where {member}) m
+                    on m.row_id = n.id
+                 where n.id is null or m.row_id is null),
+             entered as (
+                insert into row_membership (tenant_id, panel_id, scope, row_id)
+                select $1, $2, {scope}, d.id from diff d where d.inside
+                on conflict do nothing
+                returning row_id),
+             gone as (
+                delete from row_membership m
+                 where {member}
+                   and m.row_id = any(array(select d.id from diff d where not d.inside))
+                returning m.row_id)
+             select (select count(*) from entered), (select count(*) from gone),
+                    array(select row_id from entered order by row_id limit {cap}),
+                    array(select row_id from gone order by row_id limit {cap})",
+            conditions = self.conditions,
+        );
         Self::statement(&self.out, &sql)
     }
 
