@@ -42,6 +42,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(acls::routes::router())
         .merge(changes::routes::router())
         .merge(events::routes::router())
+        .merge(events::ws::router())
 }
 
 /// The OpenAPI document of everything served (the API under `/api`, and the operations routes).

@@ -19,3 +19,4 @@ mod security;
 mod sync;
 mod views;
 mod worklist;
+mod ws;
