@@ -478,8 +478,19 @@ async fn finish_run(
                     Affect::Nobody,
                 )
                 .await?;
-                // Who entered the cohort and the published views, and who left them.
-                membership::refresh(&mut w, panel_id, state.clock.now(), Sets::All).await?;
+                // Who entered the cohort and the published views, and who left them: among the
+                // rows this run changed (since it started) and those it deleted.
+                let since = runs::find(&mut w.tx, tenant, run_id)
+                    .await?
+                    .and_then(|run| run.started_at);
+                let sets = match since {
+                    Some(since) => Sets::Changed {
+                        since,
+                        deletions: counts.deleted > 0,
+                    },
+                    None => Sets::All,
+                };
+                membership::refresh(&mut w, panel_id, state.clock.now(), sets).await?;
             }
             counts
         }

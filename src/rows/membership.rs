@@ -41,12 +41,20 @@ pub const MAX_IDS: i64 = 1_000;
 /// The cohort's set; a published view's set is its id.
 const COHORT: i64 = 0;
 
-/// Which sets an evaluation covers.
+/// Which sets an evaluation covers, and which rows it looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sets {
-    /// The cohort and every published view (rows or a rule every set reads changed).
+    /// The cohort and every published view, every row (a rule they all read changed, or time
+    /// moved a relative date).
     All,
-    /// One view (its filters changed, or it was published).
+    /// The cohort and every published view, only the rows changed `since` (a sync's or a push's
+    /// start) and, with `deletions`, the members whose row is gone. Rows nobody touched cannot
+    /// have moved: the rules did not change (and what time moves, the schedule evaluates).
+    Changed {
+        since: DateTime<Utc>,
+        deletions: bool,
+    },
+    /// One view, every row (its filters changed, or it was published).
     View(ViewId),
 }
 
@@ -86,7 +94,8 @@ pub async fn refresh(
     };
     let rule_relative = reads_relative(&rule);
     let mut todo = Vec::new();
-    if sets == Sets::All {
+    let every_set = !matches!(sets, Sets::View(_));
+    if every_set {
         todo.push(Set {
             scope: COHORT,
             tree: cohort.clone(),
@@ -94,11 +103,11 @@ pub async fn refresh(
         });
     }
     let only = match sets {
-        Sets::All => None,
         Sets::View(view) => Some(view),
+        _ => None,
     };
     let views = published_views(&mut w.tx, &tenant, panel, only).await?;
-    if sets == Sets::All {
+    if every_set {
         forget_unpublished(&mut w.tx, &tenant, panel, &views).await?;
     }
     for (id, filters) in views {
@@ -115,8 +124,12 @@ pub async fn refresh(
             relative: rule_relative || reads_relative(&filters),
         });
     }
+    let changed = match sets {
+        Sets::Changed { since, deletions } => Some((since, deletions)),
+        _ => None,
+    };
     for set in todo {
-        evaluate(w, &tenant, panel, &columns, &checked, now, set).await?;
+        evaluate(w, &tenant, panel, &columns, &checked, now, set, changed).await?;
     }
     Ok(())
 }
@@ -137,6 +150,7 @@ pub async fn forget(w: &mut Writer<'_>, panel: PanelId, view: ViewId) -> Result<
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one set of one panel, and what to look at
 async fn evaluate(
     w: &mut Writer<'_>,
     tenant: &TenantId,
@@ -145,6 +159,7 @@ async fn evaluate(
     checked: &HashMap<String, Checked>,
     now: DateTime<Utc>,
     set: Set,
+    changed: Option<(DateTime<Utc>, bool)>,
 ) -> Result<()> {
     let plan = match Plan::build(
         columns,
@@ -178,7 +193,9 @@ async fn evaluate(
     .bind(set.relative)
     .fetch_one(&mut *w.tx)
     .await?;
-    let (sql, args) = plan.membership(set.scope, MAX_IDS);
+    // A set evaluated for the first time is recorded whole, whatever changed.
+    let changed = if first { None } else { changed };
+    let (sql, args) = plan.membership(set.scope, MAX_IDS, changed);
     let (entered, left, entered_ids, left_ids): (i64, i64, Vec<i64>, Vec<i64>) =
         sqlx::query_as_with(AssertSqlSafe(sql), args)
             .persistent(false)

@@ -1063,3 +1063,60 @@ async fn a_relative_date_rule_tells_who_left_as_days_pass() {
     assert_eq!(moved(&[left])["cohort.left"], vec![ids["older"]]);
     assert!(stream.drain(QUIET).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_upload_that_deletes_rows_tells_they_left() {
+    let app = TestApp::spawn().await;
+    let token = token_for("uploads", "admin@uploads.example", Role::Admin);
+    let panel = app.create_panel(&token, "Uploaded").await;
+    let ds = app
+        .create_source(
+            &token,
+            panel,
+            "file",
+            json!({"format": "ndjson", "keyField": "id", "deletePolicy": "delete"}),
+        )
+        .await;
+    let column = app
+        .post(&format!("/api/panels/{panel}/columns/base"))
+        .bearer(&token)
+        .json(&json!({"name": "score", "type": "number", "sourceField": "score", "dataSourceId": ds, "properties": {}}))
+        .send()
+        .await;
+    assert_eq!(column.status, 201, "{}", column.text);
+    let res = app
+        .put(&format!("/api/panels/{panel}"))
+        .bearer(&token)
+        .json(&json!({"cohortRule": {"logic": "AND", "conditions": [{"field": "score", "operator": "gte", "value": 50}]}}))
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let mut stream = Stream::open(&app, "/api/events?types=cohort.*", Some(&token), None).await;
+    let upload = |body: &'static str| {
+        app.post(&format!("/api/panels/{panel}/datasources/{ds}/upload"))
+            .bearer(&token)
+            .body("application/x-ndjson", body)
+            .send()
+    };
+    let res = upload("{\"id\": \"a\", \"score\": 60}\n{\"id\": \"b\", \"score\": 70}\n{\"id\": \"c\", \"score\": 10}\n").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let ids = row_ids(&app, &token, panel).await;
+    let entered = stream.event(ARRIVES).await.expect("entered").json();
+    assert_eq!(
+        moved(&[entered])["cohort.entered"],
+        vec![ids["a"], ids["b"]]
+    );
+
+    // b is gone from the file, c now passes; a did not change and is not mentioned.
+    let res = upload("{\"id\": \"a\", \"score\": 60}\n{\"id\": \"c\", \"score\": 80}\n").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.body["deleted"], 1, "{}", res.text);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(stream.event(ARRIVES).await.expect("moved").json());
+    }
+    let by_type = moved(&got);
+    assert_eq!(by_type["cohort.entered"], vec![ids["c"]]);
+    assert_eq!(by_type["cohort.left"], vec![ids["b"]]);
+    assert!(stream.drain(QUIET).await.is_empty());
+}
