@@ -124,8 +124,16 @@ async fn connection(socket: WebSocket, state: AppState, principal: Principal) {
             message = incoming.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     unanswered = 0;
-                    let reply =
-                        handle(&state, &principal, text.as_str(), &frames, &mut subscriptions).await;
+                    // Boxed: subscribing queries the database, and that future inline would
+                    // make every idle connection's larger.
+                    let reply = Box::pin(handle(
+                        &state,
+                        &principal,
+                        text.as_str(),
+                        &frames,
+                        &mut subscriptions,
+                    ))
+                    .await;
                     if let Some(reply) = reply
                         && sink.send(Message::text(reply)).await.is_err()
                     {
