@@ -18,4 +18,5 @@ mod rows;
 mod security;
 mod sync;
 mod views;
+mod webhooks;
 mod worklist;
