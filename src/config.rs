@@ -188,7 +188,8 @@ impl WebhookConfig {
     pub const DEFAULT_SCHEDULE: &'static str = "0,5s,5m,30m,2h,5h,10h,10h";
 
     fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let raw = get("WEBHOOK_RETRY_SCHEDULE").unwrap_or_else(|| Self::DEFAULT_SCHEDULE.to_owned());
+        let raw =
+            get("WEBHOOK_RETRY_SCHEDULE").unwrap_or_else(|| Self::DEFAULT_SCHEDULE.to_owned());
         let retry_schedule = parse_schedule(&raw).map_err(|reason| ConfigError {
             name: "WEBHOOK_RETRY_SCHEDULE",
             reason,
@@ -212,13 +213,7 @@ impl WebhookConfig {
                 365 * 86_400_000,
             )?,
             concurrency: ranged(get, "WEBHOOK_CONCURRENCY", 4usize, 0, 256)?,
-            log_retention_hours: ranged(
-                get,
-                "WEBHOOK_LOG_RETENTION_HOURS",
-                168u64,
-                1,
-                24 * 365,
-            )?,
+            log_retention_hours: ranged(get, "WEBHOOK_LOG_RETENTION_HOURS", 168u64, 1, 24 * 365)?,
         })
     }
 }

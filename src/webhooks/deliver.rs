@@ -109,9 +109,11 @@ async fn work(
         match claimed {
             Ok(Some(delivery)) => {
                 let span = tracing::info_span!("webhook", delivery_id = delivery.id, tenant = %delivery.tenant_id, webhook_id = delivery.webhook_id);
-                let attempted =
-                    tracing::Instrument::instrument(attempt(&state, &client, &worker, &delivery), span)
-                        .await;
+                let attempted = tracing::Instrument::instrument(
+                    attempt(&state, &client, &worker, &delivery),
+                    span,
+                )
+                .await;
                 if let Err(error) = attempted {
                     tracing::warn!(%error, delivery_id = delivery.id, "a webhook attempt failed to run; its lease will expire and it is retried");
                 }
@@ -187,7 +189,16 @@ async fn attempt(
         }
     };
     let duration_ms = i32::try_from(clock.elapsed().as_millis()).unwrap_or(i32::MAX);
-    finish(state, &tenant, worker, claimed, started_at, duration_ms, outcome).await
+    finish(
+        state,
+        &tenant,
+        worker,
+        claimed,
+        started_at,
+        duration_ms,
+        outcome,
+    )
+    .await
 }
 
 /// The HMAC keys to sign with: the current secret's, then the previous one's during a rotation.
@@ -322,7 +333,11 @@ fn parse_retry_after(raw: &str, now: chrono::DateTime<Utc>) -> Option<Duration> 
         return Some(Duration::from_secs(seconds));
     }
     let at = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
-    Some((at.with_timezone(&Utc) - now).to_std().unwrap_or(Duration::ZERO))
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 /// When the next attempt is due after failed attempt `attempts` (1-based), or `None` when that
@@ -410,9 +425,14 @@ async fn finish(
             describe(config.disable_after),
             outcome.error.as_deref().unwrap_or("failed")
         );
-        if let Some((panel, url)) =
-            repo::mark_failure(&mut tx, tenant, claimed.webhook_id, config.disable_after, &reason)
-                .await?
+        if let Some((panel, url)) = repo::mark_failure(
+            &mut tx,
+            tenant,
+            claimed.webhook_id,
+            config.disable_after,
+            &reason,
+        )
+        .await?
         {
             notify_admins(&mut tx, tenant, claimed.webhook_id, panel, &url, &reason).await?;
             notified = true;
@@ -420,13 +440,19 @@ async fn finish(
     }
     tx.commit().await?;
     if notified {
-        tracing::warn!(webhook_id = claimed.webhook_id, "webhook disabled after failing for too long");
+        tracing::warn!(
+            webhook_id = claimed.webhook_id,
+            "webhook disabled after failing for too long"
+        );
         // The admins' streams, here at once and on the other instances by the tenant's channel.
         state.events.wake(tenant);
         let channel = state.cache.events_channel(tenant);
         state
             .cache
-            .publish(&channel, &json!({"type": "notification.created"}).to_string())
+            .publish(
+                &channel,
+                &json!({"type": "notification.created"}).to_string(),
+            )
             .await;
     }
     Ok(())
@@ -564,7 +590,10 @@ mod tests {
         let now = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:00:00Z")
             .expect("time")
             .with_timezone(&Utc);
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Thu, 01 Jan 2026 10:01:00 GMT", now),
             Some(Duration::from_secs(60))

@@ -143,7 +143,12 @@ pub async fn dispatch(state: &AppState, tenant: &TenantId) -> Result<usize> {
         let mut new = NewDeliveries::default();
         for event in &events {
             for matcher in matchers.iter().filter(|m| m.wants(event)) {
-                new.push(matcher.id, event.cursor().to_string(), &event.kind, event.json());
+                new.push(
+                    matcher.id,
+                    event.cursor().to_string(),
+                    &event.kind,
+                    event.json(),
+                );
             }
         }
         if !new.is_empty() {

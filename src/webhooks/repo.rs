@@ -431,14 +431,22 @@ pub async fn tenants(conn: &mut PgConnection) -> sqlx::Result<Vec<String>> {
 
 /// The tenant's dispatcher cursor, locked for this transaction; `None` when there is none or
 /// another dispatcher holds it now (it will do the work).
-pub async fn lock_cursor(conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<Option<Cursor>> {
+pub async fn lock_cursor(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+) -> sqlx::Result<Option<Cursor>> {
     let row: Option<(String, i64)> = sqlx::query_as(
         "select txid::text, seq from webhook_cursor where tenant_id = $1 for update skip locked",
     )
     .bind(tenant.as_str())
     .fetch_optional(conn)
     .await?;
-    Ok(row.and_then(|(txid, seq)| Some(Cursor { txid: txid.parse().ok()?, seq })))
+    Ok(row.and_then(|(txid, seq)| {
+        Some(Cursor {
+            txid: txid.parse().ok()?,
+            seq,
+        })
+    }))
 }
 
 pub async fn save_cursor(
@@ -464,7 +472,10 @@ pub struct Subscriber {
     pub since_snapshot: String,
 }
 
-pub async fn subscribers(conn: &mut PgConnection, tenant: &TenantId) -> sqlx::Result<Vec<Subscriber>> {
+pub async fn subscribers(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+) -> sqlx::Result<Vec<Subscriber>> {
     sqlx::query_as(
         "select id, panel_id, events, since_snapshot from webhook
           where tenant_id = $1 and enabled order by id",
@@ -602,7 +613,11 @@ pub async fn finish_delivery(
     .map(|r| r.rows_affected() == 1)
 }
 
-pub async fn mark_success(conn: &mut PgConnection, tenant: &TenantId, webhook_id: i64) -> sqlx::Result<()> {
+pub async fn mark_success(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    webhook_id: i64,
+) -> sqlx::Result<()> {
     sqlx::query(
         "update webhook set failing_since = null, last_success_at = now()
           where tenant_id = $1 and id = $2",
@@ -634,9 +649,11 @@ pub async fn mark_failure(
     .bind(disable_after.as_secs_f64())
     .fetch_optional(&mut *conn)
     .await?
-    .map(|(expired, panel, url): (Option<bool>, Option<i64>, String)| {
-        (expired.unwrap_or(false), panel, url)
-    });
+    .map(
+        |(expired, panel, url): (Option<bool>, Option<i64>, String)| {
+            (expired.unwrap_or(false), panel, url)
+        },
+    );
     let Some((expired, panel, url)) = expired else {
         return Ok(None);
     };

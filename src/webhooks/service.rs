@@ -57,10 +57,7 @@ struct Checked {
 /// delivery). Types are those of `GET /api/events?types=`, one per item.
 async fn check_request(state: &AppState, req: &WebhookRequest) -> Result<Checked> {
     let invalid_url = |message: &str| {
-        ApiError::validation_coded(
-            "INVALID_WEBHOOK_URL",
-            vec![FieldError::new("url", message)],
-        )
+        ApiError::validation_coded("INVALID_WEBHOOK_URL", vec![FieldError::new("url", message)])
     };
     let raw = req.url.trim();
     let url = reqwest::Url::parse(raw).map_err(|_| invalid_url("is not a URL"))?;
@@ -184,8 +181,8 @@ pub async fn create(
             panel_id: req.panel_id,
             description: checked.description.as_deref(),
         };
-        let row = repo::insert_webhook(&mut w.tx, tenant, id, &fields, &sealed, &principal.email)
-            .await?;
+        let row =
+            repo::insert_webhook(&mut w.tx, tenant, id, &fields, &sealed, &principal.email).await?;
         repo::start_at_present(&mut w.tx, tenant, id).await?;
         Ok((w, row))
     })
@@ -206,13 +203,21 @@ pub async fn list(
     let user = principal.user_id.to_lowercase();
     let reader = crate::panels::service::reader(principal, &user);
     let mut tx = state.db.begin(&principal.tenant).await?;
-    let rows =
-        repo::list_webhooks(&mut tx, &principal.tenant, reader, page.after, page.limit + 1).await?;
+    let rows = repo::list_webhooks(
+        &mut tx,
+        &principal.tenant,
+        reader,
+        page.after,
+        page.limit + 1,
+    )
+    .await?;
     crate::db::end_read(tx);
     let (rows, next) = page::split(rows, page, |row| row.id);
     let now = Utc::now();
     Ok((
-        rows.into_iter().map(|r| WebhookResponse::of(r, now)).collect(),
+        rows.into_iter()
+            .map(|r| WebhookResponse::of(r, now))
+            .collect(),
         next,
     ))
 }

@@ -149,7 +149,12 @@ async fn receive(
 
 /// Creates a webhook as `token`; answers its body (with the secret).
 async fn create_hook(app: &TestApp, token: &str, body: Value) -> Value {
-    let res = app.post("/api/webhooks").bearer(token).json(&body).send().await;
+    let res = app
+        .post("/api/webhooks")
+        .bearer(token)
+        .json(&body)
+        .send()
+        .await;
     assert_eq!(res.status, 201, "create webhook: {}", res.text);
     res.body
 }
@@ -215,7 +220,10 @@ async fn a_panel_update_reaches_the_webhook_signed_with_its_secret() {
         json!({"url": receiver.url, "events": ["panel.updated"], "panelId": panel, "description": "ops"}),
     )
     .await;
-    let secret = created["secret"].as_str().expect("secret shown once").to_owned();
+    let secret = created["secret"]
+        .as_str()
+        .expect("secret shown once")
+        .to_owned();
     assert!(secret.starts_with("whsec_"), "{secret}");
     let hook = created["id"].as_i64().expect("id");
     assert_eq!(created["events"], json!(["panel.updated"]));
@@ -230,9 +238,15 @@ async fn a_panel_update_reaches_the_webhook_signed_with_its_secret() {
     assert_eq!(body["type"], "panel.updated");
     assert_eq!(body["panelId"], panel);
     assert_eq!(body["actor"]["email"], admin.email);
-    assert_eq!(got.header("webhook-id"), body["id"].as_str().expect("event id"));
+    assert_eq!(
+        got.header("webhook-id"),
+        body["id"].as_str().expect("event id")
+    );
     assert_eq!(got.header("content-type"), "application/json");
-    let timestamp: i64 = got.header("webhook-timestamp").parse().expect("unix seconds");
+    let timestamp: i64 = got
+        .header("webhook-timestamp")
+        .parse()
+        .expect("unix seconds");
     assert!((timestamp - chrono::Utc::now().timestamp()).abs() < 60);
     assert_eq!(got.verifies_with(&secret), vec![true]);
     assert!(
@@ -316,7 +330,10 @@ async fn a_failed_attempt_is_retried_and_the_log_shows_every_attempt() {
             .any(|d| d["id"] == test_id && d["status"] == "failed")
     })
     .await;
-    let test = log.iter().find(|d| d["id"] == test_id).expect("test delivery");
+    let test = log
+        .iter()
+        .find(|d| d["id"] == test_id)
+        .expect("test delivery");
     assert_eq!(test["attempts"].as_array().expect("attempts").len(), 1);
     assert_eq!(test["responseCode"], 410);
     assert!(
@@ -338,7 +355,10 @@ async fn a_failed_attempt_is_retried_and_the_log_shows_every_attempt() {
             .any(|d| d["id"] == test_id && d["status"] == "succeeded")
     })
     .await;
-    let test = log.iter().find(|d| d["id"] == test_id).expect("test delivery");
+    let test = log
+        .iter()
+        .find(|d| d["id"] == test_id)
+        .expect("test delivery");
     assert_eq!(test["attempts"].as_array().expect("attempts").len(), 2);
 
     // Filters and unknown ids.
@@ -403,7 +423,10 @@ async fn watch_stream(
 #[tokio::test]
 async fn a_webhook_failing_for_the_whole_window_is_disabled_and_the_admins_told() {
     let app = TestApp::spawn_with(&fast(&[
-        ("WEBHOOK_RETRY_SCHEDULE", "0,300ms,300ms,300ms,300ms,300ms,300ms,300ms"),
+        (
+            "WEBHOOK_RETRY_SCHEDULE",
+            "0,300ms,300ms,300ms,300ms,300ms,300ms,300ms",
+        ),
         ("WEBHOOK_DISABLE_AFTER_MS", "1000"),
     ]))
     .await;
@@ -441,11 +464,18 @@ async fn a_webhook_failing_for_the_whole_window_is_disabled_and_the_admins_told(
         if res.body["enabled"] == false {
             break res.body;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never disabled: {}", res.text);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never disabled: {}",
+            res.text
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let reason = disabled["disabledReason"].as_str().expect("a reason");
-    assert!(reason.contains("1 s") && reason.contains("HTTP 503"), "{reason}");
+    assert!(
+        reason.contains("1 s") && reason.contains("HTTP 503"),
+        "{reason}"
+    );
     assert!(disabled["disabledAt"].is_string());
     assert!(disabled["failingSince"].is_string());
 
@@ -504,7 +534,10 @@ async fn a_rotated_secret_signs_beside_the_new_one() {
         .send()
         .await;
     assert_eq!(rotated.status, 200, "{}", rotated.text);
-    let new = rotated.body["secret"].as_str().expect("new secret").to_owned();
+    let new = rotated.body["secret"]
+        .as_str()
+        .expect("new secret")
+        .to_owned();
     assert!(new.starts_with("whsec_") && new != old);
     let expires: chrono::DateTime<chrono::Utc> = rotated.body["previousSecretExpiresAt"]
         .as_str()
@@ -529,7 +562,10 @@ async fn only_those_who_manage_a_webhook_see_it() {
     let reader = token_for("acme", "vic@acme.example", Role::User);
     let stranger = token_for("other", "admin@other.example", Role::Admin);
     let panel = app.create_panel(&admin, "Shared").await;
-    for (email, permission) in [("eve@acme.example", "editor"), ("vic@acme.example", "viewer")] {
+    for (email, permission) in [
+        ("eve@acme.example", "editor"),
+        ("vic@acme.example", "viewer"),
+    ] {
         let granted = app
             .post(&format!("/api/acls/panel/{panel}"))
             .bearer(&admin)
@@ -547,13 +583,21 @@ async fn only_those_who_manage_a_webhook_see_it() {
     .await["id"]
         .as_i64()
         .expect("id");
-    let of_tenant = create_hook(&app, &admin, json!({"url": url, "events": ["panel.created"]}))
-        .await["id"]
+    let of_tenant = create_hook(
+        &app,
+        &admin,
+        json!({"url": url, "events": ["panel.created"]}),
+    )
+    .await["id"]
         .as_i64()
         .expect("id");
 
     // An editor of the panel manages its webhooks, not the organisation's.
-    let res = app.get(&format!("/api/webhooks/{of_panel}")).bearer(&editor).send().await;
+    let res = app
+        .get(&format!("/api/webhooks/{of_panel}"))
+        .bearer(&editor)
+        .send()
+        .await;
     assert_eq!(res.status, 200, "{}", res.text);
     app.get(&format!("/api/webhooks/{of_tenant}"))
         .bearer(&editor)
@@ -575,7 +619,13 @@ async fn only_those_who_manage_a_webhook_see_it() {
         .await
         .assert_error(403, "FORBIDDEN");
     let listed = app.get("/api/webhooks").bearer(&editor).send().await;
-    let ids: Vec<i64> = listed.body.as_array().expect("array").iter().map(|h| h["id"].as_i64().expect("id")).collect();
+    let ids: Vec<i64> = listed
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|h| h["id"].as_i64().expect("id"))
+        .collect();
     assert_eq!(ids, vec![of_panel, mine]);
 
     // A reader of the panel manages none of them: a create is forbidden (the panel's rule), and
@@ -602,10 +652,22 @@ async fn only_those_who_manage_a_webhook_see_it() {
         (reqwest::Method::GET, format!("/api/webhooks/{of_panel}")),
         (reqwest::Method::PUT, format!("/api/webhooks/{of_panel}")),
         (reqwest::Method::DELETE, format!("/api/webhooks/{of_panel}")),
-        (reqwest::Method::POST, format!("/api/webhooks/{of_panel}/rotate-secret")),
-        (reqwest::Method::POST, format!("/api/webhooks/{of_panel}/test")),
-        (reqwest::Method::GET, format!("/api/webhooks/{of_panel}/deliveries")),
-        (reqwest::Method::POST, format!("/api/webhooks/{of_panel}/deliveries/1/retry")),
+        (
+            reqwest::Method::POST,
+            format!("/api/webhooks/{of_panel}/rotate-secret"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/webhooks/{of_panel}/test"),
+        ),
+        (
+            reqwest::Method::GET,
+            format!("/api/webhooks/{of_panel}/deliveries"),
+        ),
+        (
+            reqwest::Method::POST,
+            format!("/api/webhooks/{of_panel}/deliveries/1/retry"),
+        ),
         (reqwest::Method::GET, "/api/webhooks/987654".to_owned()),
     ] {
         app.request(method.clone(), &path)
@@ -625,7 +687,11 @@ async fn only_those_who_manage_a_webhook_see_it() {
         .assert_error(404, "PANEL_NOT_FOUND");
 
     // The editor deletes its own; the admin still sees the rest.
-    let deleted = app.delete(&format!("/api/webhooks/{mine}")).bearer(&editor).send().await;
+    let deleted = app
+        .delete(&format!("/api/webhooks/{mine}"))
+        .bearer(&editor)
+        .send()
+        .await;
     assert_eq!(deleted.status, 204, "{}", deleted.text);
     let listed = app.get("/api/webhooks").bearer(&admin).send().await;
     assert_eq!(listed.body.as_array().expect("array").len(), 2);
@@ -656,12 +722,30 @@ async fn private_addresses_are_refused_at_create_and_at_every_delivery() {
     }
     // Not http(s), credentials in the URL, unknown types: clear 400s.
     for (body, code) in [
-        (json!({"url": "ftp://example.com/x", "events": ["panel.updated"]}), "INVALID_WEBHOOK_URL"),
-        (json!({"url": "https://user:pw@example.com/x", "events": ["panel.updated"]}), "INVALID_WEBHOOK_URL"),
-        (json!({"url": "not a url", "events": ["panel.updated"]}), "INVALID_WEBHOOK_URL"),
-        (json!({"url": "https://example.com/x", "events": ["panel.exploded"]}), "VALIDATION_ERROR"),
-        (json!({"url": "https://example.com/x", "events": ["panel.created,view.*"]}), "VALIDATION_ERROR"),
-        (json!({"url": "https://example.com/x", "events": []}), "VALIDATION_ERROR"),
+        (
+            json!({"url": "ftp://example.com/x", "events": ["panel.updated"]}),
+            "INVALID_WEBHOOK_URL",
+        ),
+        (
+            json!({"url": "https://user:pw@example.com/x", "events": ["panel.updated"]}),
+            "INVALID_WEBHOOK_URL",
+        ),
+        (
+            json!({"url": "not a url", "events": ["panel.updated"]}),
+            "INVALID_WEBHOOK_URL",
+        ),
+        (
+            json!({"url": "https://example.com/x", "events": ["panel.exploded"]}),
+            "VALIDATION_ERROR",
+        ),
+        (
+            json!({"url": "https://example.com/x", "events": ["panel.created,view.*"]}),
+            "VALIDATION_ERROR",
+        ),
+        (
+            json!({"url": "https://example.com/x", "events": []}),
+            "VALIDATION_ERROR",
+        ),
         (json!({"url": "https://example.com/x"}), "VALIDATION_ERROR"),
     ] {
         app.post("/api/webhooks")
@@ -675,14 +759,21 @@ async fn private_addresses_are_refused_at_create_and_at_every_delivery() {
     // Created where private targets were allowed, they are refused at delivery, by address (an
     // IP literal) or by resolution (a name): nothing reaches the receiver.
     let mut receiver = Receiver::start().await;
-    let port = receiver.url.trim_start_matches("http://127.0.0.1:").trim_end_matches("/hook").to_owned();
+    let port = receiver
+        .url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/hook")
+        .to_owned();
     let allowed = TestApp::spawn_on(
         &app.database_url,
         &[("WEBHOOK_CONCURRENCY", "0"), ("EVENT_POLL_MS", "100")],
     )
     .await;
     let mut hooks = Vec::new();
-    for url in [receiver.url.clone(), format!("http://localhost:{port}/hook")] {
+    for url in [
+        receiver.url.clone(),
+        format!("http://localhost:{port}/hook"),
+    ] {
         let created = create_hook(
             &allowed,
             &admin,
@@ -701,7 +792,9 @@ async fn private_addresses_are_refused_at_create_and_at_every_delivery() {
         assert_eq!(attempts.len(), 1, "a refusal is final: {log:#?}");
         assert_eq!(attempts[0]["responseCode"], Value::Null);
         assert!(
-            attempts[0]["error"].as_str().is_some_and(|e| e.starts_with("refused")),
+            attempts[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("refused")),
             "{log:#?}"
         );
     }
@@ -720,11 +813,20 @@ async fn the_tenant_caps_hold_and_overflow_is_counted() {
     let admin = token_for("acme", "admin@acme.example", Role::Admin);
     let panel = app.create_panel(&admin, "Triage").await;
     let url = "http://127.0.0.1:9/hook";
-    let hook = create_hook(&app, &admin, json!({"url": url, "events": ["panel.updated"], "panelId": panel}))
-        .await["id"]
+    let hook = create_hook(
+        &app,
+        &admin,
+        json!({"url": url, "events": ["panel.updated"], "panelId": panel}),
+    )
+    .await["id"]
         .as_i64()
         .expect("id");
-    create_hook(&app, &admin, json!({"url": url, "events": ["column.*"], "panelId": panel})).await;
+    create_hook(
+        &app,
+        &admin,
+        json!({"url": url, "events": ["column.*"], "panelId": panel}),
+    )
+    .await;
     app.post("/api/webhooks")
         .bearer(&admin)
         .json(&json!({"url": url, "events": ["panel.updated"]}))
@@ -737,7 +839,11 @@ async fn the_tenant_caps_hold_and_overflow_is_counted() {
     }
     let deadline = tokio::time::Instant::now() + ARRIVES;
     loop {
-        let res = app.get(&format!("/api/webhooks/{hook}")).bearer(&admin).send().await;
+        let res = app
+            .get(&format!("/api/webhooks/{hook}"))
+            .bearer(&admin)
+            .send()
+            .await;
         if res.body["droppedDeliveries"] == 2 {
             break;
         }
