@@ -75,6 +75,11 @@ async fn check_request(state: &AppState, req: &WebhookRequest) -> Result<Checked
     if check_url(&url, state.config.allow_private_source_hosts).await == Err(Blocked::Refused) {
         return Err(invalid_url(netguard::REFUSED));
     }
+    // Stored as parsed (percent-encoded), which can be longer than what was sent.
+    let url = url.to_string();
+    if url.chars().count() > 2048 {
+        return Err(invalid_url("is longer than 2,048 characters once encoded"));
+    }
     let mut events: Vec<String> = Vec::new();
     let mut errors = Vec::new();
     for (i, item) in req.events.iter().enumerate() {
@@ -95,7 +100,7 @@ async fn check_request(state: &AppState, req: &WebhookRequest) -> Result<Checked
         return Err(ApiError::validation(errors));
     }
     Ok(Checked {
-        url: url.to_string(),
+        url,
         events,
         description: req
             .description

@@ -720,8 +720,13 @@ async fn private_addresses_are_refused_at_create_and_at_every_delivery() {
         assert_eq!(res.body["details"][0]["field"], "url", "{url}");
         assert!(res.text.contains("refused"), "{url}: {}", res.text);
     }
-    // Not http(s), credentials in the URL, unknown types: clear 400s.
+    // Not http(s), credentials in the URL, too long once encoded, unknown types: clear 400s.
+    let long = format!("https://example.com/{}", "é".repeat(1500));
     for (body, code) in [
+        (
+            json!({"url": long, "events": ["panel.updated"]}),
+            "INVALID_WEBHOOK_URL",
+        ),
         (
             json!({"url": "ftp://example.com/x", "events": ["panel.updated"]}),
             "INVALID_WEBHOOK_URL",
