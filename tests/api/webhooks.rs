@@ -863,3 +863,55 @@ async fn the_tenant_caps_hold_and_overflow_is_counted() {
         .await
         .assert_error(429, "RATE_LIMITED");
 }
+
+#[tokio::test]
+async fn a_restart_neither_loses_nor_repeats_a_delivery() {
+    let mut first = TestApp::spawn_with(&fast(&[])).await;
+    let admin = token_for("acme", "admin@acme.example", Role::Admin);
+    let panel = first.create_panel(&admin, "Triage").await;
+    let mut receiver = Receiver::start().await;
+    let hook = create_hook(
+        &first,
+        &admin,
+        json!({"url": receiver.url, "events": ["panel.updated"], "panelId": panel}),
+    )
+    .await["id"]
+        .as_i64()
+        .expect("id");
+    rename(&first, &admin, panel, "Before the restart").await;
+    let before = receiver.next(ARRIVES).await.expect("delivered");
+    deliveries_when(&first, &admin, hook, |list| {
+        list.first().is_some_and(|d| d["status"] == "succeeded")
+    })
+    .await;
+    first.stop().await;
+
+    // While no worker runs, an instance serving requests only commits another change.
+    let mut api_only = TestApp::spawn_on(&first.database_url, &[("WORKER_CONCURRENCY", "0")]).await;
+    rename(&api_only, &admin, panel, "While the workers are down").await;
+    assert!(receiver.next(Duration::from_millis(1500)).await.is_none());
+    api_only.stop().await;
+
+    // The workers come back: the missed event arrives, once, and the first is not sent again.
+    let restarted = TestApp::spawn_on(
+        &first.database_url,
+        &[
+            ("EVENT_POLL_MS", "100"),
+            ("WEBHOOK_RETRY_SCHEDULE", "0,200ms"),
+        ],
+    )
+    .await;
+    let after = receiver.next(ARRIVES).await.expect("the missed event");
+    assert_eq!(after.json()["data"], json!({}));
+    assert_ne!(after.header("webhook-id"), before.header("webhook-id"));
+    assert!(
+        receiver.next(Duration::from_millis(1500)).await.is_none(),
+        "nothing twice"
+    );
+    let log = deliveries_when(&restarted, &admin, hook, |list| {
+        list.len() == 2 && list.iter().all(|d| d["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(log[0]["eventId"], after.header("webhook-id"));
+    assert_eq!(log[1]["eventId"], before.header("webhook-id"));
+}
