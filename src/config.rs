@@ -157,6 +157,9 @@ pub struct Config {
     pub event_heartbeat: Duration,
     /// How long one event stream lives before it ends with `retry:` (the client resumes).
     pub event_stream_max: Duration,
+    /// How often the worker evaluates again the cohorts and published views whose rules read
+    /// relative dates (rows enter and leave them as days pass).
+    pub membership_refresh: Duration,
     /// Event streams one tenant may hold open on one instance; more answer 429.
     pub event_max_streams_per_tenant: usize,
     /// Outgoing webhooks (`WEBHOOK_*`).
@@ -574,6 +577,7 @@ impl Config {
             event_poll: millis(&get, "EVENT_POLL_MS", 1_000, 50, 60_000)?,
             event_heartbeat: millis(&get, "EVENT_HEARTBEAT_MS", 15_000, 100, 300_000)?,
             event_stream_max: millis(&get, "EVENT_STREAM_MAX_MS", 3_600_000, 100, 86_400_000)?,
+            membership_refresh: millis(&get, "MEMBERSHIP_REFRESH_MS", 900_000, 100, 86_400_000)?,
             event_max_streams_per_tenant: ranged(
                 &get,
                 "EVENT_MAX_STREAMS_PER_TENANT",

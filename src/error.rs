@@ -212,6 +212,19 @@ impl ApiError {
         }
     }
 
+    /// The envelope a client sees for this error (over a WebSocket, where no response carries it).
+    pub fn body(&self) -> ErrorBody {
+        if let Self::Internal(err) = self {
+            tracing::error!(error.cause = ?err, "request failed");
+        }
+        envelope(
+            self.status(),
+            self.code(),
+            self.public_message(),
+            self.details(),
+        )
+    }
+
     /// The message a client sees; internal causes stay in the log.
     fn public_message(&self) -> String {
         match self {

@@ -174,6 +174,11 @@ pub fn spawn_workers(
             state.config.event_retention_hours,
             stop.clone(),
         ));
+        handles.push(rows::membership::spawn(
+            state.clone(),
+            state.config.membership_refresh,
+            stop.clone(),
+        ));
         handles.extend(webhooks::spawn_workers(state, stop.clone()));
         handles.push(rows::indexes::spawn_builder(
             state.db.clone(),

@@ -43,6 +43,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(acls::routes::router())
         .merge(changes::routes::router())
         .merge(events::routes::router())
+        .merge(events::ws::router())
         .merge(webhooks::routes::router())
 }
 

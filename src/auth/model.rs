@@ -99,6 +99,18 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The system acting in `tenant` (`id` such as `system:sync`): the sync worker and the
+    /// scheduler, with an admin's reach and no e-mail.
+    pub fn system(tenant: TenantId, id: &str) -> Self {
+        Self {
+            user_id: id.to_owned(),
+            email: String::new(),
+            tenant,
+            role: Role::Admin,
+            credential: Credential::Jwt,
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }

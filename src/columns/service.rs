@@ -21,6 +21,7 @@ use crate::etag::{IfMatch, etag};
 use crate::filter::{FilterGroup, FilterNode};
 use crate::idempotency::Outcome;
 use crate::panels::{Access, authorize};
+use crate::rows::membership::{self, Sets};
 use crate::state::AppState;
 use crate::write::{self, Idempotency, Writer};
 
@@ -574,6 +575,14 @@ pub async fn update(
             .await?;
         }
         w.changed(Change::panel("column.updated", panel_id).with("columnId", column_id));
+        // What the column holds changed: the rules that read it may admit other rows.
+        let recomputed = retyped
+            || source_field != current.source_field
+            || formula != current.formula
+            || result_type != current.result_type;
+        if recomputed {
+            membership::refresh(&mut w, panel_id, state.clock.now(), Sets::All).await?;
+        }
         Ok((w, (response, tag)))
     })
     .await
@@ -707,6 +716,7 @@ pub async fn delete(
     if views.iter().any(|v| v.sorted) {
         repo::delete_sorts(&mut w.tx, &principal.tenant, panel_id, &name).await?;
     }
+    let filtered_views = filtered.len();
     if !filtered.is_empty() {
         repo::set_view_filters(
             &mut w.tx,
@@ -722,6 +732,10 @@ pub async fn delete(
     // Columns computed from it fill (or lose) their typed slots (rows::slots).
     crate::rows::slots::refresh(&mut w.tx, &principal.tenant, panel_id).await?;
     w.changed(Change::panel("column.deleted", panel_id).with("columnId", column_id));
+    // The views' filters lost the conditions on it: their rows may change.
+    if filtered_views > 0 {
+        membership::refresh(&mut w, panel_id, state.clock.now(), Sets::All).await?;
+    }
     Ok((w, ()))
     })
     .await

@@ -20,13 +20,14 @@ use super::connectors::{Common, Connector, Sink, SinkCounts, SyncError};
 use super::crypto::{SecretScope, decrypt_config, mask_config};
 use super::model::DataSourceRow;
 use super::repo;
-use crate::auth::{Credential, Principal, Role, TenantId};
+use crate::auth::{Principal, TenantId};
 use crate::cache::Change;
 use crate::changes::{Affect, ChangeType, NewChange};
 use crate::error::{ApiError, Result};
 use crate::jobs::repo::{self as runs, RunRow};
 use crate::jobs::{Claimed, backoff};
 use crate::panels::{Access, authorize};
+use crate::rows::membership::{self, Sets};
 use crate::state::AppState;
 use crate::write;
 
@@ -147,13 +148,7 @@ fn started(panel_id: PanelId, source: DataSourceId, run: RunId, trigger: &str) -
 
 /// The actor of changes a sync records.
 fn system(tenant: &TenantId) -> Principal {
-    Principal {
-        user_id: SYNC_ACTOR.to_owned(),
-        email: String::new(),
-        tenant: tenant.clone(),
-        role: Role::Admin,
-        credential: Credential::Jwt,
-    }
+    Principal::system(tenant.clone(), SYNC_ACTOR)
 }
 
 async fn load(
@@ -483,6 +478,19 @@ async fn finish_run(
                     Affect::Nobody,
                 )
                 .await?;
+                // Who entered the cohort and the published views, and who left them: among the
+                // rows this run changed (since it started) and those it deleted.
+                let since = runs::find(&mut w.tx, tenant, run_id)
+                    .await?
+                    .and_then(|run| run.started_at);
+                let sets = match since {
+                    Some(since) => Sets::Changed {
+                        since,
+                        deletions: counts.deleted > 0,
+                    },
+                    None => Sets::All,
+                };
+                membership::refresh(&mut w, panel_id, state.clock.now(), sets).await?;
             }
             counts
         }

@@ -8,3 +8,4 @@ pub mod repo;
 pub mod retention;
 pub mod routes;
 pub mod service;
+pub mod ws;

@@ -47,7 +47,7 @@ pub struct EventsParams {
 }
 
 /// The caller of a stream: a ticket's holder (`?ticket=`), or the request's credential.
-pub struct StreamCaller(Principal);
+pub struct StreamCaller(pub Principal);
 
 impl FromRequestParts<AppState> for StreamCaller {
     type Rejection = ApiError;

@@ -19,6 +19,7 @@ use crate::etag::{IfMatch, etag};
 use crate::filter::{FieldKind, FilterGroup};
 use crate::idempotency::Outcome;
 use crate::page::{self, Page};
+use crate::rows::membership::{self, Sets};
 use crate::state::AppState;
 use crate::write::{self, Idempotency};
 
@@ -312,6 +313,9 @@ pub async fn update(
             .await?;
         }
         w.changed(Change::panel("panel.updated", id).lists());
+        if rule != old_rule {
+            membership::refresh(&mut w, id, state.clock.now(), Sets::All).await?;
+        }
         let tag = etag("panel", row.id, row.version);
         Ok((w, (row.into(), tag)))
     })

@@ -11,6 +11,7 @@
 pub mod cursor;
 pub mod export;
 pub mod indexes;
+pub mod membership;
 pub mod model;
 pub mod project;
 pub mod query;

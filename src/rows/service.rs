@@ -13,12 +13,12 @@ use super::cursor::{self, CursorError};
 use super::indexes;
 use super::model::*;
 use super::project::{Projector, RecordRow};
-use super::query::{After, Plan, PlanError, Request, SortSpec, check_all};
+use super::query::{After, Plan, PlanError, Request, SortSpec, check_all, field_kind};
 use super::repo;
 use crate::auth::Principal;
 use crate::db::Tx;
 use crate::error::{ApiError, Result};
-use crate::filter::{FieldKind, FilterGroup, Resolved, Resolver};
+use crate::filter::{FilterGroup, Resolved, Resolver};
 use crate::formula::{self, Checked, Schema};
 use crate::ids::{PanelId, ViewId};
 use crate::page::{DEFAULT_LIMIT, MAX_LIMIT};
@@ -35,15 +35,6 @@ fn schema_of(columns: &[ColumnDef], except: Option<&str>) -> Schema {
         .filter(|c| Some(c.name.as_str()) != except)
         .map(|c| (c.name.clone(), c.value_type()))
         .collect()
-}
-
-/// The filter kind of a column (a calculated column's by its formula's result type).
-fn field_kind(column: &ColumnDef) -> FieldKind {
-    if column.kind == "calculated" {
-        FieldKind::of_column_type(column.value_type().name())
-    } else {
-        FieldKind::of_column_type(&column.column_type)
-    }
 }
 
 fn time_zone(tz: Option<&str>) -> Result<Tz> {

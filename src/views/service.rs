@@ -22,6 +22,7 @@ use crate::idempotency::Outcome;
 use crate::ids::{PanelId, ViewId};
 use crate::page::{self, Page};
 use crate::panels::{self, Access};
+use crate::rows::membership::{self, Sets};
 use crate::state::AppState;
 use crate::write::{self, Idempotency};
 
@@ -493,6 +494,9 @@ pub async fn replace_filters(
         }
         let row = repo::update_filters(&mut w.tx, &principal.tenant, id, &to_json(&tree)?).await?;
         w.changed(view_change("view.updated", &row));
+        if row.is_published {
+            membership::refresh(&mut w, row.panel_id, state.clock.now(), Sets::View(id)).await?;
+        }
         Ok((w, (filters_response(tree), view_etag(&row))))
     })
     .await
@@ -557,6 +561,14 @@ pub async fn set_published(
                     .with("viewId", id)
                     .lists(),
             );
+            // Published, the view's rows are known from now on (its first evaluation tells
+            // nobody); unpublished, they are forgotten.
+            if publish {
+                membership::refresh(&mut w, row.panel_id, state.clock.now(), Sets::View(id))
+                    .await?;
+            } else {
+                membership::forget(&mut w, row.panel_id, id).await?;
+            }
         }
         let tag = view_etag(&row);
         Ok((w, (ViewResponse::new(row, sorts), tag)))

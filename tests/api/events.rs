@@ -816,3 +816,307 @@ async fn a_long_push_reports_its_progress_with_counts() {
             .all(|p| p["data"]["runId"] == run && p["entityId"] == run_entity.as_str())
     );
 }
+
+/// The row id of each record key of the panel (every row, past the cohort rule).
+async fn row_ids(app: &TestApp, token: &str, panel: i64) -> std::collections::HashMap<String, i64> {
+    let res = app
+        .get(&format!("/api/panels/{panel}/rows?cohort=all&limit=500"))
+        .bearer(token)
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    res.body["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().expect("key").to_owned(),
+                r["id"].as_i64().expect("id"),
+            )
+        })
+        .collect()
+}
+
+/// Events by type, each event's `rowIds` (and its count, which must agree).
+fn moved(events: &[Value]) -> std::collections::HashMap<String, Vec<i64>> {
+    let mut out = std::collections::HashMap::new();
+    for event in events {
+        let ids: Vec<i64> = event["data"]["rowIds"]
+            .as_array()
+            .expect("rowIds")
+            .iter()
+            .map(|v| v.as_i64().expect("id"))
+            .collect();
+        assert_eq!(event["data"]["count"], ids.len(), "{event}");
+        assert_eq!(event["data"]["truncated"], false);
+        let previous = out.insert(event["type"].as_str().expect("type").to_owned(), ids);
+        assert!(previous.is_none(), "one event per type: {events:?}");
+    }
+    out
+}
+
+#[tokio::test]
+async fn cohort_and_published_views_tell_who_entered_and_who_left() {
+    let app = TestApp::spawn().await;
+    let token = token_for("cohorts", "admin@cohorts.example", Role::Admin);
+    let panel = app.create_panel(&token, "Follow-up").await;
+    let ds = app
+        .create_source(&token, panel, "custom", json!({"keyField": "id"}))
+        .await;
+    let column = app
+        .post(&format!("/api/panels/{panel}/columns/base"))
+        .bearer(&token)
+        .json(&json!({"name": "score", "type": "number", "sourceField": "score", "dataSourceId": ds, "properties": {}}))
+        .send()
+        .await;
+    assert_eq!(column.status, 201, "{}", column.text);
+    let rule = |min: i64| json!({"cohortRule": {"logic": "AND", "conditions": [{"field": "score", "operator": "gte", "value": min}]}});
+    let res = app
+        .put(&format!("/api/panels/{panel}"))
+        .bearer(&token)
+        .json(&rule(50))
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let view_filters = |min: i64| json!({"logic": "AND", "conditions": [{"field": "score", "operator": "gte", "value": min}]});
+    let mut views = Vec::new();
+    for name in ["High", "Private"] {
+        let view = app
+            .post("/api/views")
+            .bearer(&token)
+            .json(&json!({"panelId": panel, "name": name}))
+            .send()
+            .await;
+        let id = view.body["id"].as_i64().expect("view");
+        let res = app
+            .put(&format!("/api/views/{id}/filters"))
+            .bearer(&token)
+            .json(&view_filters(80))
+            .send()
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+        views.push(id);
+    }
+    let (view, private) = (views[0], views[1]);
+    let res = app
+        .post(&format!("/api/views/{view}/publish"))
+        .bearer(&token)
+        .send()
+        .await;
+    assert!(res.status < 300, "{}", res.text);
+
+    let mut stream = Stream::open(
+        &app,
+        "/api/events?types=cohort.*,view.rows.*",
+        Some(&token),
+        None,
+    )
+    .await;
+    let push = |records: Value| {
+        app.post(&format!("/api/panels/{panel}/datasources/{ds}/records"))
+            .bearer(&token)
+            .json(&json!({ "records": records }))
+            .send()
+    };
+    let next = async |stream: &mut Stream, n: usize| {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.push(
+                stream
+                    .event(ARRIVES)
+                    .await
+                    .expect("a membership event")
+                    .json(),
+            );
+        }
+        got
+    };
+
+    // Three rows arrive: two pass the cohort rule, one of them the view's filters too.
+    let res =
+        push(json!([{"id": "a", "score": 10}, {"id": "b", "score": 60}, {"id": "c", "score": 90}]))
+            .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let ids = row_ids(&app, &token, panel).await;
+    let got = next(&mut stream, 2).await;
+    let by_type = moved(&got);
+    assert_eq!(by_type["cohort.entered"], vec![ids["b"], ids["c"]]);
+    assert_eq!(by_type["view.rows.entered"], vec![ids["c"]]);
+    let view_event = got
+        .iter()
+        .find(|e| e["type"] == "view.rows.entered")
+        .expect("view");
+    assert_eq!(
+        view_event["viewId"], view,
+        "the published view's, never the private one's"
+    );
+    assert_eq!(view_event["panelId"], panel);
+
+    // b drops out of the cohort, a comes in and goes straight into the view.
+    let res = push(json!([{"id": "a", "score": 85}, {"id": "b", "score": 20}])).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let by_type = moved(&next(&mut stream, 3).await);
+    assert_eq!(by_type["cohort.entered"], vec![ids["a"]]);
+    assert_eq!(by_type["cohort.left"], vec![ids["b"]]);
+    assert_eq!(by_type["view.rows.entered"], vec![ids["a"]]);
+
+    // The cohort rule changes: b is back.
+    let res = app
+        .put(&format!("/api/panels/{panel}"))
+        .bearer(&token)
+        .json(&rule(0))
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(
+        moved(&next(&mut stream, 1).await)["cohort.entered"],
+        vec![ids["b"]]
+    );
+
+    // The published view's filters change: a and c leave it. The private view's change tells
+    // nothing (it has no rows of its own to tell about).
+    for id in [view, private] {
+        let res = app
+            .put(&format!("/api/views/{id}/filters"))
+            .bearer(&token)
+            .json(&view_filters(95))
+            .send()
+            .await;
+        assert_eq!(res.status, 200, "{}", res.text);
+    }
+    let by_type = moved(&next(&mut stream, 1).await);
+    assert_eq!(by_type["view.rows.left"], vec![ids["a"], ids["c"]]);
+
+    // A push that moves nobody tells nothing.
+    let res = push(json!([{"id": "d", "score": 1}])).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let ids = row_ids(&app, &token, panel).await;
+    assert_eq!(
+        moved(&next(&mut stream, 1).await)["cohort.entered"],
+        vec![ids["d"]]
+    );
+    let res = push(json!([{"id": "d", "score": 2}])).await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert!(stream.drain(QUIET).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_relative_date_rule_tells_who_left_as_days_pass() {
+    let app = TestApp::spawn().await;
+    let token = token_for("days", "admin@days.example", Role::Admin);
+    let panel = app.create_panel(&token, "Seen lately").await;
+    let ds = app
+        .create_source(&token, panel, "custom", json!({"keyField": "id"}))
+        .await;
+    let column = app
+        .post(&format!("/api/panels/{panel}/columns/base"))
+        .bearer(&token)
+        .json(&json!({"name": "lastVisit", "type": "date", "sourceField": "lastVisit", "dataSourceId": ds, "properties": {}}))
+        .send()
+        .await;
+    assert_eq!(column.status, 201, "{}", column.text);
+    let res = app
+        .put(&format!("/api/panels/{panel}"))
+        .bearer(&token)
+        .json(&json!({"cohortRule": {"logic": "AND", "conditions": [{"field": "lastVisit", "operator": "gte", "value": {"relative": "-30d"}}]}}))
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let today = chrono::Utc::now().date_naive();
+    let day = |ago: i64| (today - chrono::Duration::days(ago)).to_string();
+    let mut stream = Stream::open(&app, "/api/events?types=cohort.*", Some(&token), None).await;
+    let res = app
+        .post(&format!("/api/panels/{panel}/datasources/{ds}/records"))
+        .bearer(&token)
+        .json(&json!({"records": [{"id": "recent", "lastVisit": day(5)}, {"id": "older", "lastVisit": day(20)}, {"id": "old", "lastVisit": day(90)}]}))
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let ids = row_ids(&app, &token, panel).await;
+    let entered = stream.event(ARRIVES).await.expect("entered").json();
+    assert_eq!(
+        moved(&[entered])["cohort.entered"],
+        vec![ids["recent"], ids["older"]]
+    );
+
+    // Nothing is due yet; two weeks later, "older" is past 30 days.
+    let every = Duration::from_secs(60);
+    assert_eq!(
+        panels::rows::membership::refresh_due(&app.state, every)
+            .await
+            .expect("due"),
+        0
+    );
+    let later = app
+        .state
+        .clone()
+        .with_clock(chrono::Utc::now() + chrono::Duration::days(14));
+    assert_eq!(
+        panels::rows::membership::refresh_due(&later, every)
+            .await
+            .expect("due"),
+        1
+    );
+    let left = stream.event(ARRIVES).await.expect("left").json();
+    assert_eq!(left["actor"]["id"], "system:schedule");
+    assert_eq!(moved(&[left])["cohort.left"], vec![ids["older"]]);
+    assert!(stream.drain(QUIET).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_that_deletes_rows_tells_they_left() {
+    let app = TestApp::spawn().await;
+    let token = token_for("uploads", "admin@uploads.example", Role::Admin);
+    let panel = app.create_panel(&token, "Uploaded").await;
+    let ds = app
+        .create_source(
+            &token,
+            panel,
+            "file",
+            json!({"format": "ndjson", "keyField": "id", "deletePolicy": "delete"}),
+        )
+        .await;
+    let column = app
+        .post(&format!("/api/panels/{panel}/columns/base"))
+        .bearer(&token)
+        .json(&json!({"name": "score", "type": "number", "sourceField": "score", "dataSourceId": ds, "properties": {}}))
+        .send()
+        .await;
+    assert_eq!(column.status, 201, "{}", column.text);
+    let res = app
+        .put(&format!("/api/panels/{panel}"))
+        .bearer(&token)
+        .json(&json!({"cohortRule": {"logic": "AND", "conditions": [{"field": "score", "operator": "gte", "value": 50}]}}))
+        .send()
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let mut stream = Stream::open(&app, "/api/events?types=cohort.*", Some(&token), None).await;
+    let upload = |body: &'static str| {
+        app.post(&format!("/api/panels/{panel}/datasources/{ds}/upload"))
+            .bearer(&token)
+            .body("application/x-ndjson", body)
+            .send()
+    };
+    let res = upload("{\"id\": \"a\", \"score\": 60}\n{\"id\": \"b\", \"score\": 70}\n{\"id\": \"c\", \"score\": 10}\n").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    let ids = row_ids(&app, &token, panel).await;
+    let entered = stream.event(ARRIVES).await.expect("entered").json();
+    assert_eq!(
+        moved(&[entered])["cohort.entered"],
+        vec![ids["a"], ids["b"]]
+    );
+
+    // b is gone from the file, c now passes; a did not change and is not mentioned.
+    let res = upload("{\"id\": \"a\", \"score\": 60}\n{\"id\": \"c\", \"score\": 80}\n").await;
+    assert_eq!(res.status, 200, "{}", res.text);
+    assert_eq!(res.body["deleted"], 1, "{}", res.text);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        got.push(stream.event(ARRIVES).await.expect("moved").json());
+    }
+    let by_type = moved(&got);
+    assert_eq!(by_type["cohort.entered"], vec![ids["c"]]);
+    assert_eq!(by_type["cohort.left"], vec![ids["b"]]);
+    assert!(stream.drain(QUIET).await.is_empty());
+}

@@ -20,3 +20,4 @@ mod sync;
 mod views;
 mod webhooks;
 mod worklist;
+mod ws;
