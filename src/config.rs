@@ -162,6 +162,98 @@ pub struct Config {
     pub membership_refresh: Duration,
     /// Event streams one tenant may hold open on one instance; more answer 429.
     pub event_max_streams_per_tenant: usize,
+    /// Outgoing webhooks (`WEBHOOK_*`).
+    pub webhooks: WebhookConfig,
+}
+
+/// The `WEBHOOK_*` settings (docs/webhooks.md).
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Webhooks one tenant may have; one more answers 409.
+    pub max_per_tenant: i64,
+    /// Deliveries one tenant may have waiting; the events beyond are not queued (and counted).
+    pub max_queued_per_tenant: i64,
+    /// How long one attempt may take, connecting included.
+    pub timeout: Duration,
+    /// The delay before each attempt: the first is the first attempt's (0: at once), and a
+    /// delivery gets as many attempts as there are steps.
+    pub retry_schedule: Vec<Duration>,
+    /// A webhook whose every attempt has failed for this long is disabled.
+    pub disable_after: Duration,
+    /// Deliveries one worker process makes at once (0: none in this process).
+    pub concurrency: usize,
+    /// How long finished deliveries and their attempts stay in the log.
+    pub log_retention_hours: u64,
+}
+
+impl WebhookConfig {
+    /// The default retry schedule: at once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+    pub const DEFAULT_SCHEDULE: &'static str = "0,5s,5m,30m,2h,5h,10h,10h";
+
+    fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let raw =
+            get("WEBHOOK_RETRY_SCHEDULE").unwrap_or_else(|| Self::DEFAULT_SCHEDULE.to_owned());
+        let retry_schedule = parse_schedule(&raw).map_err(|reason| ConfigError {
+            name: "WEBHOOK_RETRY_SCHEDULE",
+            reason,
+        })?;
+        Ok(Self {
+            max_per_tenant: ranged(get, "WEBHOOK_MAX_PER_TENANT", 100i64, 1, 100_000)?,
+            max_queued_per_tenant: ranged(
+                get,
+                "WEBHOOK_MAX_QUEUED_PER_TENANT",
+                10_000i64,
+                1,
+                100_000_000,
+            )?,
+            timeout: millis(get, "WEBHOOK_TIMEOUT_MS", 10_000, 100, 120_000)?,
+            retry_schedule,
+            disable_after: millis(
+                get,
+                "WEBHOOK_DISABLE_AFTER_MS",
+                3 * 86_400_000,
+                1,
+                365 * 86_400_000,
+            )?,
+            concurrency: ranged(get, "WEBHOOK_CONCURRENCY", 4usize, 0, 256)?,
+            log_retention_hours: ranged(get, "WEBHOOK_LOG_RETENTION_HOURS", 168u64, 1, 24 * 365)?,
+        })
+    }
+}
+
+/// `0,5s,5m,30m,2h`: delays with a unit (`ms`, `s`, `m`, `h`, `d`; a bare `0`), 1 to 20 of them,
+/// each at most a day.
+fn parse_schedule(raw: &str) -> Result<Vec<Duration>, String> {
+    let steps = raw
+        .split(',')
+        .map(str::trim)
+        .map(|step| {
+            let split = step
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(step.len());
+            let (number, unit) = step.split_at(split);
+            let n: u64 = number
+                .parse()
+                .map_err(|_| format!("{step:?} is not a delay such as 5s, 5m or 2h"))?;
+            let ms = match unit {
+                "" if n == 0 => 0,
+                "ms" => n,
+                "s" => n.saturating_mul(1_000),
+                "m" => n.saturating_mul(60_000),
+                "h" => n.saturating_mul(3_600_000),
+                "d" => n.saturating_mul(86_400_000),
+                _ => return Err(format!("{step:?} is not a delay such as 5s, 5m or 2h")),
+            };
+            if ms > 86_400_000 {
+                return Err(format!("{step:?} is longer than a day"));
+            }
+            Ok(Duration::from_millis(ms))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if steps.is_empty() || steps.len() > 20 {
+        return Err("expected 1 to 20 delays".to_owned());
+    }
+    Ok(steps)
 }
 
 /// A configuration value that could not be used; `Display` is the one line start-up prints.
@@ -493,6 +585,7 @@ impl Config {
                 1,
                 1_000_000,
             )?,
+            webhooks: WebhookConfig::from_lookup(&get)?,
         })
     }
 
@@ -824,6 +917,32 @@ mod tests {
                 "{name} is missing from the README's table"
             );
         }
+    }
+
+    #[test]
+    fn webhook_retry_schedules_are_delays_with_units() {
+        let c = config(&[]).expect("defaults");
+        assert_eq!(c.webhooks.retry_schedule.len(), 8);
+        assert_eq!(c.webhooks.retry_schedule[0], Duration::ZERO);
+        assert_eq!(c.webhooks.retry_schedule[2], Duration::from_secs(300));
+        assert_eq!(c.webhooks.retry_schedule[7], Duration::from_secs(36_000));
+        assert_eq!(
+            parse_schedule("0, 200ms,1s").expect("valid"),
+            vec![
+                Duration::ZERO,
+                Duration::from_millis(200),
+                Duration::from_secs(1)
+            ]
+        );
+        for bad in ["", "5", "5x", "-1s", "2d", "1s,,1s"] {
+            assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            config(&[("WEBHOOK_RETRY_SCHEDULE", "soon")])
+                .expect_err("bad")
+                .name,
+            "WEBHOOK_RETRY_SCHEDULE"
+        );
     }
 
     #[test]

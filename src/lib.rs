@@ -34,6 +34,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod views;
+pub mod webhooks;
 pub mod write;
 
 use std::future::Future;
@@ -158,8 +159,8 @@ pub async fn serve_on(
 }
 
 /// The background work of a process with workers: `concurrency` sync workers (with the
-/// scheduler), the filler of new typed slots and the builder of the indexes row queries want;
-/// none with `concurrency` 0.
+/// scheduler), the filler of new typed slots, the builder of the indexes row queries want, and the
+/// webhooks' dispatcher and delivery workers; none with `concurrency` 0.
 pub fn spawn_workers(
     state: &AppState,
     concurrency: usize,
@@ -178,6 +179,7 @@ pub fn spawn_workers(
             state.config.membership_refresh,
             stop.clone(),
         ));
+        handles.extend(webhooks::spawn_workers(state, stop.clone()));
         handles.push(rows::indexes::spawn_builder(
             state.db.clone(),
             state.config.database_url().to_owned(),

@@ -38,6 +38,7 @@ use crate::error::{ErrorBody, FieldError};
         (name = "Changes and notifications", description = "Structural change history and view notifications"),
         (name = "ACLs", description = "Per-resource permissions"),
         (name = "Events", description = "Live changes: a stream that resumes where it left off"),
+        (name = "Webhooks", description = "Signed HTTP callbacks of the events, from a durable queue"),
         (name = "Operations", description = "Health, readiness and metrics (no authentication)"),
     )
 )]

@@ -28,6 +28,7 @@ use crate::openapi::ApiDoc;
 use crate::state::AppState;
 use crate::{
     acls, auth, changes, columns, datasources, events, health, metrics, panels, rows, views,
+    webhooks,
 };
 
 /// Every API module, with paths relative to `/api`.
@@ -43,6 +44,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(changes::routes::router())
         .merge(events::routes::router())
         .merge(events::ws::router())
+        .merge(webhooks::routes::router())
 }
 
 /// The OpenAPI document of everything served (the API under `/api`, and the operations routes).

@@ -156,6 +156,18 @@ impl Crypto {
         Ok(Self::with_old_keys(hasher.finalize().into(), &old))
     }
 
+    /// Seals a secret that is not part of a data-source config (a webhook's signing secret) under
+    /// the current key, bound to `aad` (which names where it belongs): the same format and key
+    /// rotation as the configs' secrets.
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> anyhow::Result<String> {
+        self.encrypt(plaintext, aad)
+    }
+
+    /// Opens what [`Crypto::seal`] sealed with the same `aad`.
+    pub fn open(&self, token: &str, aad: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.decrypt(token, aad)
+    }
+
     fn key(&self, id: &str) -> Option<&KeyEntry> {
         std::iter::once(&self.current)
             .chain(&self.old)

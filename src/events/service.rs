@@ -88,7 +88,9 @@ impl Filters {
         Ok(types)
     }
 
-    fn matches(&self, event: &StoredEvent, view_panel: Option<i64>) -> bool {
+    /// Whether `event` passes the filters (`view_panel`: the panel of the `view_id` filter's
+    /// view). Webhooks subscribe by the same rules.
+    pub fn matches(&self, event: &StoredEvent, view_panel: Option<i64>) -> bool {
         if let Some(panel) = self.panel_id
             && event.panel_id != Some(panel)
         {

@@ -21,6 +21,8 @@ struct Fixture {
     calculated: i64,
     view: i64,
     api_key: i64,
+    webhook: i64,
+    delivery: i64,
 }
 
 async fn seed(pool: &PgPool, tenant: &str, owner: &str) -> Fixture {
@@ -46,7 +48,22 @@ async fn seed(pool: &PgPool, tenant: &str, owner: &str) -> Fixture {
     .fetch_one(pool)
     .await
     .expect("seed");
+    let (webhook, delivery): (i64, i64) = sqlx::query_as(
+        "with w as (insert into webhook (tenant_id, panel_id, url, events, secret, created_by)
+                    values ($1, $2, 'https://hooks.example.com/a', '{panel.updated}', 'sealed', $3) returning id),
+              d as (insert into webhook_delivery (tenant_id, webhook_id, event_id, event_type, payload, max_attempts, status)
+                    select $1, w.id, '1-1', 'panel.updated', '{}', 8, 'failed' from w returning id)
+         select w.id, d.id from w, d",
+    )
+    .bind(tenant)
+    .bind(row.0)
+    .bind(owner)
+    .fetch_one(pool)
+    .await
+    .expect("seed a webhook");
     Fixture {
+        webhook,
+        delivery,
         panel: row.0,
         data_source: row.1,
         column: row.2,
@@ -124,6 +141,9 @@ fn body_for(method: &str, path: &str, f: &Fixture) -> Value {
         ("put", p) if p.starts_with("/api/acls/") => json!({"permission": "owner"}),
         ("post", p) if p.ends_with("/records") => json!({"records": [{"id": "1"}]}),
         ("post", p) if p.ends_with("/formulas/check") => json!({"formula": "1 + 1"}),
+        ("put", "/api/webhooks/{id}") => {
+            json!({"url": "https://hooks.example.com/b", "events": ["panel.updated"]})
+        }
         _ => json!({}),
     }
 }
@@ -153,6 +173,8 @@ async fn another_tenants_ids_answer_exactly_like_unknown_ids_on_every_route() {
         calculated: 987_654_324,
         view: 987_654_325,
         api_key: 987_654_326,
+        webhook: 987_654_327,
+        delivery: 987_654_328,
     };
     let doc = serde_json::to_value(panels::router::openapi()).expect("document");
     let mut checked = 0;
@@ -174,6 +196,10 @@ async fn another_tenants_ids_answer_exactly_like_unknown_ids_on_every_route() {
                 }
                 if path.starts_with("/api/api-keys/") {
                     values.insert("id", fixture.api_key.to_string());
+                }
+                if path.starts_with("/api/webhooks/") {
+                    values.insert("id", fixture.webhook.to_string());
+                    values.insert("deliveryId", fixture.delivery.to_string());
                 }
                 for (name, value) in &values {
                     concrete = concrete.replace(&format!("{{{name}}}"), value);

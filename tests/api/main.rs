@@ -18,5 +18,6 @@ mod rows;
 mod security;
 mod sync;
 mod views;
+mod webhooks;
 mod worklist;
 mod ws;
