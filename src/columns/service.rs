@@ -648,6 +648,8 @@ pub async fn delete(
 ) -> Result<()> {
     write::write(state, principal, |mut w| async move {
     authorize(&mut w.tx, principal, panel_id, Access::Build).await?;
+    // Before any row of the slots is locked (rows::slots::lock_layout).
+    crate::rows::slots::lock_layout(&mut w.tx, panel_id).await?;
     let current = repo::find_column(&mut w.tx, &principal.tenant, panel_id, column_id)
         .await?
         .ok_or_else(not_found)?;

@@ -332,6 +332,8 @@ pub async fn delete(
     write::write(state, principal, |mut w| async move {
         let current = authorize(&mut w.tx, principal, id, Access::Own).await?;
         if_match.check(&etag("panel", current.id, current.version))?;
+        // The delete cascades to the panel's rows and slots: a filler of them goes first.
+        crate::rows::slots::lock_layout(&mut w.tx, id).await?;
         if !repo::delete_panel(&mut w.tx, &principal.tenant, id).await? {
             return Err(not_found());
         }

@@ -95,6 +95,14 @@ struct Held {
     fill_hash: String,
 }
 
+/// Holds the panel's slot layout for the rest of the transaction, before it deletes a column or
+/// the panel: a delete locks the column's `panel_slot` rows (by cascade) and `refresh` then wants
+/// this lock, while a filler holds it shared and waits for those rows: a deadlock, unless the
+/// lock comes first (Bruno's forced column delete met a filler once).
+pub async fn lock_layout(conn: &mut PgConnection, panel: PanelId) -> sqlx::Result<()> {
+    lock(conn, panel, false).await
+}
+
 /// Gives every column of the panel the slot it should have, after a change of its columns (in the
 /// same transaction): a column whose slot fills as before keeps it; one that fills differently,
 /// or is new, takes a free slot of its kind, to be filled; columns beyond the slots of their kind
