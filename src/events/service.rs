@@ -258,15 +258,15 @@ impl Subscription {
                 if self.past.as_ref().is_some_and(|past| past.saw(cursor.txid)) {
                     continue;
                 }
-                // Boxed, as the catch-up below: the futures that query the database would
-                // otherwise be part of this one, which every idle stream holds while it waits
-                // (4.4 KB of it; bench/README.md, "Live events").
-                if Box::pin(self.admits(&event)).await? {
+                if self.admits(&event).await? {
                     return Ok(Next::Event(event));
                 }
                 continue;
             }
             if self.catch_up {
+                // Boxed, as the queries `admits` may make: inline, the futures that query the
+                // database would be part of this one, which every idle stream holds while it
+                // waits (4.4 KB of it; bench/README.md, "Live events").
                 Box::pin(self.read_log()).await?;
                 continue;
             }
@@ -342,14 +342,19 @@ impl Subscription {
                     set.insert(panel);
                 }
             }
-            ("acl.changed", _) => {
-                let mut tx = self.state.db.begin(&self.principal.tenant).await?;
-                self.readable = readable(&mut tx, &self.principal).await?;
-                crate::db::end_read(tx);
-                self.shared.clear();
-            }
+            // Boxed: only this event queries (see `next`).
+            ("acl.changed", _) => Box::pin(self.read_access()).await?,
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Reads again what this subscriber may read (an ACL changed, maybe its own).
+    async fn read_access(&mut self) -> Result<()> {
+        let mut tx = self.state.db.begin(&self.principal.tenant).await?;
+        self.readable = readable(&mut tx, &self.principal).await?;
+        crate::db::end_read(tx);
+        self.shared.clear();
         Ok(())
     }
 
@@ -366,6 +371,11 @@ impl Subscription {
         if let Some(known) = self.shared.get(&view) {
             return Ok(*known);
         }
+        // Boxed: only a private view's first event queries (see `next`).
+        Box::pin(self.read_shared(view)).await
+    }
+
+    async fn read_shared(&mut self, view: i64) -> Result<bool> {
         let mut tx = self.state.db.begin(&self.principal.tenant).await?;
         let held = crate::acls::service::permission(
             &mut tx,

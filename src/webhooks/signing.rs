@@ -34,7 +34,8 @@ pub fn key_of(secret: &str) -> Option<Vec<u8>> {
 
 /// `v1,<base64 of HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`.
 pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
-    // HMAC takes a key of any length: `new_from_slice` cannot fail for it.
+    // invariant: HMAC takes a key of any length (longer ones are hashed), so `new_from_slice`
+    // has no error case for it.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(id.as_bytes());
     mac.update(b".");
