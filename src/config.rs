@@ -164,6 +164,13 @@ pub struct Config {
     pub event_max_streams_per_tenant: usize,
     /// Outgoing webhooks (`WEBHOOK_*`).
     pub webhooks: WebhookConfig,
+    /// How long audit entries are kept: whole months older than this are dropped.
+    pub audit_retention_days: u32,
+    /// Audit entries waiting to be written (refused writes, exports, failed logins); more are
+    /// dropped and counted.
+    pub audit_buffer_size: usize,
+    /// How long a buffered audit entry may wait before its batch is written.
+    pub audit_flush: Duration,
 }
 
 /// The `WEBHOOK_*` settings (docs/webhooks.md).
@@ -578,6 +585,9 @@ impl Config {
             event_heartbeat: millis(&get, "EVENT_HEARTBEAT_MS", 15_000, 100, 300_000)?,
             event_stream_max: millis(&get, "EVENT_STREAM_MAX_MS", 3_600_000, 100, 86_400_000)?,
             membership_refresh: millis(&get, "MEMBERSHIP_REFRESH_MS", 900_000, 100, 86_400_000)?,
+            audit_retention_days: ranged(&get, "AUDIT_RETENTION_DAYS", 365u32, 1, 36_500)?,
+            audit_buffer_size: ranged(&get, "AUDIT_BUFFER_SIZE", 10_000usize, 1, 1_000_000)?,
+            audit_flush: millis(&get, "AUDIT_FLUSH_MS", 1_000, 10, 600_000)?,
             event_max_streams_per_tenant: ranged(
                 &get,
                 "EVENT_MAX_STREAMS_PER_TENANT",

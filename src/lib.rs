@@ -5,6 +5,7 @@
 //! shutdown.
 
 pub mod acls;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod changes;
@@ -86,6 +87,7 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
     };
     let (index_wants, _recorder) = rows::indexes::Wants::start(db.clone(), index_key.clone());
     let (db_for_events, cache_for_events) = (db.clone(), cache.clone());
+    let (db_for_audit, metrics_for_audit) = (db.clone(), metrics.clone());
     Ok(AppState::new(state::Shared {
         wakeup: jobs::Wakeup::default(),
         creates: panels::batch::CreateBatcher::new(db.clone()),
@@ -101,6 +103,13 @@ pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
         clock: state::Clock::default(),
         exports: Arc::new(tokio::sync::Semaphore::new(config.export_concurrency)),
         events: events::hub::Hub::start(db_for_events, cache_for_events, config.event_poll),
+        audit: audit::buffer::AuditBuffer::start(
+            db_for_audit,
+            config.audit_buffer_size,
+            config.audit_flush,
+            metrics_for_audit.audit_dropped.clone(),
+            metrics_for_audit.audit_written.clone(),
+        ),
         config: Arc::new(config),
     }))
 }
@@ -125,6 +134,7 @@ pub async fn serve_on(
     let deadline = state.config.shutdown_timeout;
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let events = state.events.clone();
+    let audit = state.audit.clone();
     let app = app(state).into_make_service_with_connect_info::<SocketAddr>();
     // Answers go out when written: without TCP_NODELAY, Nagle's algorithm holds a small write
     // while an earlier one is unacknowledged, until the client's delayed ACK.
@@ -142,20 +152,26 @@ pub async fn serve_on(
     let server = server.into_future();
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return result.context("server failed"),
+        result = &mut server => {
+            audit.flush().await;
+            return result.context("server failed");
+        }
         _ = stopping_rx => {}
     }
     tracing::info!(
         deadline_ms = deadline.as_millis() as u64,
         "shutting down: draining in-flight requests"
     );
-    match tokio::time::timeout(deadline, server).await {
+    let drained = match tokio::time::timeout(deadline, server).await {
         Ok(result) => result.context("server failed"),
         Err(_) => {
             tracing::warn!("drain deadline passed; closing remaining connections");
             Ok(())
         }
-    }
+    };
+    // The last requests' audit entries, before the process goes.
+    audit.flush().await;
+    drained
 }
 
 /// The background work of a process with workers: `concurrency` sync workers (with the
@@ -180,6 +196,11 @@ pub fn spawn_workers(
             stop.clone(),
         ));
         handles.extend(webhooks::spawn_workers(state, stop.clone()));
+        handles.push(audit::retention::spawn(
+            state.config.database_url().to_owned(),
+            state.config.audit_retention_days,
+            stop.clone(),
+        ));
         handles.push(rows::indexes::spawn_builder(
             state.db.clone(),
             state.config.database_url().to_owned(),
@@ -226,6 +247,7 @@ pub async fn work(config: Config) -> anyhow::Result<()> {
     for handle in handles {
         let _ = handle.await;
     }
+    state.audit.flush().await;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use axum::extract::MatchedPath;
 use axum::http::StatusCode;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
@@ -36,6 +36,8 @@ pub struct MetricsInner {
     pub cache_latency: HistogramVec,
     pub cache_bypassed: IntCounterVec,
     pub cache_version_batch: Histogram,
+    pub audit_dropped: IntCounter,
+    pub audit_written: IntCounter,
 }
 
 impl Metrics {
@@ -104,6 +106,14 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
         )?;
 
+        let audit_dropped = IntCounter::new(
+            "panels_audit_dropped_total",
+            "Audit entries dropped because the buffer was full or could not be written",
+        )?;
+        let audit_written = IntCounter::new(
+            "panels_audit_buffered_written_total",
+            "Audit entries written from the buffer (refused writes, exports, failed logins)",
+        )?;
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -115,6 +125,8 @@ impl Metrics {
             Box::new(cache_latency.clone()),
             Box::new(cache_bypassed.clone()),
             Box::new(cache_version_batch.clone()),
+            Box::new(audit_dropped.clone()),
+            Box::new(audit_written.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(collector)?;
@@ -131,6 +143,8 @@ impl Metrics {
             cache_latency,
             cache_bypassed,
             cache_version_batch,
+            audit_dropped,
+            audit_written,
         })))
     }
 

@@ -27,7 +27,7 @@ use crate::error::{ApiError, REQUEST_ID, envelope};
 use crate::openapi::ApiDoc;
 use crate::state::AppState;
 use crate::{
-    acls, auth, changes, columns, datasources, events, health, metrics, panels, rows, views,
+    acls, audit, auth, changes, columns, datasources, events, health, metrics, panels, rows, views,
     webhooks,
 };
 
@@ -41,6 +41,7 @@ pub fn api_routes() -> OpenApiRouter<AppState> {
         .merge(views::routes::router())
         .merge(rows::routes::router())
         .merge(acls::routes::router())
+        .merge(audit::routes::router())
         .merge(changes::routes::router())
         .merge(events::routes::router())
         .merge(events::ws::router())
@@ -90,7 +91,7 @@ pub fn with_layers(router: Router<AppState>, state: &AppState) -> Router<AppStat
                 // Metrics and the request id for error envelopes: one middleware, as each one
                 // boxes a future and clones the routes behind it for every request.
                 .layer(middleware::from_fn_with_state(
-                    state.metrics.clone(),
+                    state.clone(),
                     request_context,
                 ))
                 // Small bodies cost more CPU to compress than they save on the wire: only bodies
@@ -182,13 +183,12 @@ fn cors(origins: &[String]) -> CorsLayer {
 }
 
 /// Makes the request id available to every error built while serving the request, gives errors
-/// produced outside our handlers (layers, axum itself) the one envelope, and counts and times the
-/// request by method, matched route and final status.
-async fn request_context(
-    State(metrics): State<metrics::Metrics>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// produced outside our handlers (layers, axum itself) the one envelope, counts and times the
+/// request by method, matched route and final status, and for a request that is audited (a write,
+/// an export) sets its part of the entry and records the entry its write did not commit (a
+/// refusal, an export, a failed login).
+async fn request_context(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let metrics = &state.metrics;
     let started = std::time::Instant::now();
     // No allocation for the labels: a standard method and a matched path clone as a tag and an
     // `Arc`.
@@ -200,14 +200,45 @@ async fn request_context(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let response = REQUEST_ID
-        .scope(request_id, async move {
-            let response = next.run(request).await;
-            ensure_envelope(response).await
-        })
-        .await;
+    let route_text = route.as_ref().map(|r| r.as_str());
+    let response = if crate::audit::RequestAudit::wanted(&method, route_text) {
+        let (parts, body) = request.into_parts();
+        let audited = std::sync::Arc::new(crate::audit::RequestAudit::new(
+            method.clone(),
+            route_text.map(str::to_owned),
+            parts.uri.path().to_owned(),
+            request_id.clone(),
+            crate::extract::client_address(&parts, &state.config.trusted_proxies),
+            parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ));
+        let request = Request::from_parts(parts, body);
+        let response = REQUEST_ID
+            .scope(
+                request_id,
+                crate::audit::scope(audited.clone(), async move {
+                    let response = next.run(request).await;
+                    ensure_envelope(response).await
+                }),
+            )
+            .await;
+        if let Some(entry) = crate::audit::after(&audited, response.status().as_u16()) {
+            state.audit.record(entry);
+        }
+        response
+    } else {
+        REQUEST_ID
+            .scope(request_id, async move {
+                let response = next.run(request).await;
+                ensure_envelope(response).await
+            })
+            .await
+    };
     metrics::observe_request(
-        &metrics,
+        metrics,
         method.as_str(),
         route.as_ref(),
         response.status(),

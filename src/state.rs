@@ -74,6 +74,8 @@ pub struct Shared {
     pub clock: Clock,
     /// This instance's fan-out of the event log to its streams.
     pub events: crate::events::hub::Hub,
+    /// Audit entries written outside a mutation's transaction.
+    pub audit: crate::audit::buffer::AuditBuffer,
 }
 
 /// The time: the system's clock, or a fixed moment (tests of relative dates).

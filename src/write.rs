@@ -8,8 +8,9 @@
 //!    its answer, recording the panel change through [`Writer::record`] and naming what readers
 //!    must see change through [`Writer::changed`] (by value rather than borrowed, so the
 //!    closure's future is an ordinary type whose `Send` the compiler can see);
-//! 4. store the idempotent response, and append each change's event to the event log
-//!    (`events`, the transactional outbox);
+//! 4. store the idempotent response, append each change's event to the event log
+//!    (`events`, the transactional outbox), and last the write's audit entry (`audit`: it holds
+//!    the tenant's chain head until the commit, so it goes last);
 //! 5. commit;
 //! 6. only then, invalidate the cache and publish ([`published`]), for every change named.
 //!
@@ -19,6 +20,7 @@
 
 use serde::Serialize;
 
+use crate::audit::{self, Audited};
 use crate::auth::{Principal, TenantId};
 use crate::cache::Change;
 use crate::changes::{self, Affect, NewChange};
@@ -49,6 +51,7 @@ pub struct Writer<'a> {
     pub tx: Tx,
     pub principal: &'a Principal,
     changes: Vec<Change>,
+    audit: Audited,
 }
 
 impl Writer<'_> {
@@ -68,6 +71,34 @@ impl Writer<'_> {
     pub fn changed(&mut self, change: Change) {
         self.changes.push(change);
     }
+
+    /// The audit entry's action, when the route's (`audit::ACTIONS`) is not the whole story, or
+    /// for a write of the system (which is audited only when it names one).
+    pub fn audit_action(&mut self, action: &str) {
+        self.audit.action = Some(action.to_owned());
+    }
+
+    /// The entity the audit entry is about, when the path and the first change do not name it.
+    pub fn audit_entity(&mut self, kind: &str, id: impl ToString, panel_id: Option<i64>) {
+        self.audit.entity = Some((kind.to_owned(), id.to_string()));
+        if panel_id.is_some() {
+            self.audit.panel_id = panel_id;
+        }
+    }
+
+    /// The fields that changed, from the entity's client shape before and after the write
+    /// (secrets filtered, long values cut: `audit::diff`).
+    pub fn audit_diff(&mut self, before: &impl Serialize, after: &impl Serialize) {
+        if let (Ok(before), Ok(after)) = (serde_json::to_value(before), serde_json::to_value(after))
+        {
+            self.audit.changes = audit::diff(&before, &after);
+        }
+    }
+
+    /// The audit entry's changes as given (already a diff, already without secrets).
+    pub fn audit_changes(&mut self, changes: serde_json::Value) {
+        self.audit.changes = Some(audit::redact(changes));
+    }
 }
 
 async fn begin<'a>(state: &AppState, principal: &'a Principal) -> Result<Writer<'a>> {
@@ -75,14 +106,20 @@ async fn begin<'a>(state: &AppState, principal: &'a Principal) -> Result<Writer<
         tx: state.db.begin(&principal.tenant).await?,
         principal,
         changes: Vec::new(),
+        audit: Audited::default(),
     })
 }
 
-async fn commit(state: &AppState, writer: Writer<'_>) -> Result<()> {
+async fn commit(
+    state: &AppState,
+    writer: Writer<'_>,
+    created: Option<serde_json::Value>,
+) -> Result<()> {
     let Writer {
         mut tx,
         principal,
         changes,
+        audit: audited,
     } = writer;
     let events: Vec<NewEvent> = changes
         .iter()
@@ -90,7 +127,14 @@ async fn commit(state: &AppState, writer: Writer<'_>) -> Result<()> {
         .map(|change| NewEvent::of_change(change, principal))
         .collect();
     event_log::append(&mut tx, &principal.tenant, &events).await?;
+    let entry = audit::for_write(principal, audited, &changes, created);
+    if let Some(entry) = &entry {
+        audit::repo::insert(&mut tx, std::slice::from_ref(entry)).await?;
+    }
     tx.commit().await?;
+    if entry.is_some() {
+        audit::written();
+    }
     published(state, &principal.tenant, changes).await;
     Ok(())
 }
@@ -104,7 +148,7 @@ where
 {
     let writer = begin(state, principal).await?;
     let (writer, value) = body(writer).await?;
-    commit(state, writer).await?;
+    commit(state, writer, None).await?;
     Ok(value)
 }
 
@@ -135,17 +179,11 @@ where
         return Ok(Outcome::Replayed(replay));
     }
     let (mut writer, value) = body(writer).await?;
+    let json = to_json(&value)?;
     if let Some(key) = idempotency {
-        idempotency::store(
-            &mut writer.tx,
-            &principal.tenant,
-            principal,
-            key.key,
-            &to_json(&value)?,
-        )
-        .await?;
+        idempotency::store(&mut writer.tx, &principal.tenant, principal, key.key, &json).await?;
     }
-    commit(state, writer).await?;
+    commit(state, writer, Some(json)).await?;
     Ok(Outcome::Created(value))
 }
 

@@ -88,6 +88,17 @@ pub async fn authenticate(state: &AppState, key: &str, client: &str) -> Result<P
     {
         let mut tx = state.db.begin(&tenant).await?;
         repo::touch_api_key(&mut tx, &tenant, row.id).await?;
+        if row.last_used_at.is_none() {
+            // The key's first use: an entry of its own, beside the request's.
+            let actor = crate::audit::Actor {
+                kind: "apiKey",
+                id: row.id.to_string(),
+                email: (!row.created_by_email.is_empty()).then(|| row.created_by_email.clone()),
+            };
+            let entry = crate::audit::NewEntry::new(&tenant, &actor, "apiKey.firstUse")
+                .entity("apiKey", row.id);
+            crate::audit::repo::insert(&mut tx, std::slice::from_ref(&entry)).await?;
+        }
         tx.commit().await?;
     }
     let write = row.scope == "write";
@@ -152,6 +163,12 @@ pub async fn create(
             if local { "user" } else { "external" },
         )
         .await?;
+        w.audit_entity("apiKey", row.id, None);
+        w.audit_changes(serde_json::json!({
+            "name": {"to": row.name},
+            "scope": {"to": row.scope},
+            "expiresAt": {"to": row.expires_at},
+        }));
         Ok((w, row))
     })
     .await?;

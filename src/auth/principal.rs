@@ -21,6 +21,7 @@ impl FromRequestParts<AppState> for Principal {
         let principal = authenticate(parts, state).await?;
         check_scope(parts, &principal)?;
         record_principal(&tracing::Span::current(), &principal);
+        crate::audit::note_principal(&principal);
         state.limits.check_tenant(principal.tenant.as_str()).await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)

@@ -7,6 +7,7 @@ use tracing::instrument;
 use super::dto::*;
 use super::model::{Principal, Role, TenantId};
 use super::{password, repo, tokens};
+use crate::audit;
 use crate::error::{ApiError, Result};
 use crate::state::AppState;
 
@@ -70,6 +71,13 @@ pub async fn register(
                 || invitation.expires_at < Utc::now()
                 || invitation.email != email
             {
+                if let Some(tenant) = TenantId::parse(&invitation.tenant_id) {
+                    audit::note(
+                        &tenant,
+                        audit::Actor::user(&email, &email),
+                        Some("auth.registerRefused"),
+                    );
+                }
                 return Err(invalid());
             }
             let tenant = TenantId::parse(&invitation.tenant_id).ok_or_else(invalid)?;
@@ -80,6 +88,17 @@ pub async fn register(
             }
             let user =
                 repo::insert_user(&mut tx, &tenant, &email, name, &hash, role.as_str()).await?;
+            let entry = audit::NewEntry::new(
+                &tenant,
+                &audit::Actor::user(user.id, &email),
+                "invitation.accept",
+            )
+            .status(201)
+            .entity("invitation", invitation.id)
+            .changes(Some(serde_json::json!({
+                "user": {"to": user.id}, "email": {"to": email}, "role": {"to": role.as_str()},
+            })));
+            audit::repo::insert(&mut tx, std::slice::from_ref(&entry)).await?;
             let response = tokens::issue_pair(
                 state,
                 &mut tx,
@@ -91,6 +110,7 @@ pub async fn register(
             )
             .await?;
             tx.commit().await?;
+            audit::written();
             return Ok(response);
         }
         None => {
@@ -103,6 +123,12 @@ pub async fn register(
             let mut tx = state.db.begin(&tenant).await?;
             if repo::tenant_has_data(&mut tx, &tenant).await? {
                 tracing::warn!(tenant = %tenant, "registration refused: the organisation exists");
+                // The organisation's admins see who tried to register it again.
+                audit::note(
+                    &tenant,
+                    audit::Actor::user(&email, &email),
+                    Some("auth.registerRefused"),
+                );
                 return Err(ApiError::conflict(
                     "TENANT_EXISTS",
                     "This organisation already exists",
@@ -112,6 +138,17 @@ pub async fn register(
             let user =
                 repo::insert_user(&mut tx, &tenant, &email, name, &hash, Role::Admin.as_str())
                     .await?;
+            let entry = audit::NewEntry::new(
+                &tenant,
+                &audit::Actor::user(user.id, &email),
+                "auth.register",
+            )
+            .status(201)
+            .entity("user", user.id)
+            .changes(Some(serde_json::json!({
+                "tenantName": {"to": tenant_name}, "email": {"to": email},
+            })));
+            audit::repo::insert(&mut tx, std::slice::from_ref(&entry)).await?;
             let response = tokens::issue_pair(
                 state,
                 &mut tx,
@@ -123,6 +160,7 @@ pub async fn register(
             )
             .await?;
             tx.commit().await?;
+            audit::written();
             (tenant, Role::Admin, response)
         }
     };
@@ -159,6 +197,13 @@ pub async fn login(state: &AppState, client: &str, req: LoginRequest) -> Result<
     };
     let checked = password::verify(req.password.clone(), user.password_hash.clone()).await?;
     if !checked.ok {
+        if let Some(tenant) = TenantId::parse(&user.tenant_id) {
+            audit::note(
+                &tenant,
+                audit::Actor::user(user.id, &user.email),
+                Some("auth.login_failed"),
+            );
+        }
         return Err(invalid_credentials());
     }
     let tenant = TenantId::parse(&user.tenant_id).ok_or_else(invalid_credentials)?;
@@ -172,7 +217,16 @@ pub async fn login(state: &AppState, client: &str, req: LoginRequest) -> Result<
     let name = found.and_then(|u| u.name);
     let response =
         tokens::issue_pair(state, &mut tx, &tenant, user.id, &user.email, role, name).await?;
+    let entry = audit::NewEntry::new(
+        &tenant,
+        &audit::Actor::user(user.id, &user.email),
+        "auth.login",
+    )
+    .status(200)
+    .entity("user", user.id);
+    audit::repo::insert(&mut tx, std::slice::from_ref(&entry)).await?;
     tx.commit().await?;
+    audit::written();
     Ok(response)
 }
 
@@ -202,7 +256,16 @@ pub async fn refresh(state: &AppState, client: &str, req: RefreshRequest) -> Res
     if row.rotated_at.is_some() || !repo::mark_refresh_rotated(&mut tx, &tenant, row.id).await? {
         // A rotated token came back: someone holds a copy. Revoke the whole family.
         repo::revoke_refresh_family(&mut tx, &tenant, row.family_id).await?;
+        let entry = audit::NewEntry::new(
+            &tenant,
+            &audit::Actor::user(row.user_id, &row.email),
+            "auth.refresh_reuse",
+        )
+        .status(401)
+        .entity("user", row.user_id);
+        audit::repo::insert(&mut tx, std::slice::from_ref(&entry)).await?;
         tx.commit().await?;
+        audit::written();
         tracing::warn!(family = %row.family_id, "refresh token reuse detected; family revoked");
         return Err(invalid());
     }
@@ -253,7 +316,16 @@ pub async fn logout(
     {
         let mut tx = state.db.begin(&tenant).await?;
         repo::revoke_refresh_family(&mut tx, &tenant, row.family_id).await?;
+        let entry = audit::NewEntry::new(
+            &tenant,
+            &audit::Actor::user(row.user_id, &row.email),
+            "auth.logout",
+        )
+        .status(204)
+        .entity("user", row.user_id);
+        audit::repo::insert(&mut tx, std::slice::from_ref(&entry)).await?;
         tx.commit().await?;
+        audit::written();
     }
     Ok(())
 }
@@ -278,6 +350,12 @@ pub async fn invite(
             &mut w.tx, tenant, address, role, &digest, expires_at, created_by,
         )
         .await?;
+        w.audit_entity("invitation", id, None);
+        w.audit_changes(serde_json::json!({
+            "email": {"to": address},
+            "role": {"to": role},
+            "expiresAt": {"to": expires_at},
+        }));
         Ok((w, id))
     })
     .await?;

@@ -538,6 +538,7 @@ pub async fn update(
         let tag = column_tag(&row);
         let response = ColumnResponse::from(row);
         let after = to_json(&response)?;
+        w.audit_diff(&before, &after);
         if after != before {
             let affect = if retyped {
                 Affect::ColumnBroken {

@@ -429,6 +429,12 @@ async fn finish_run(
     };
     let actor = system(tenant);
     write::write(state, &actor, |mut w| async move {
+    // A run's end is the system's write, audited as such; inside a request (an upload, a push)
+    // it is that request's entry.
+    if !crate::audit::in_request() {
+        w.audit_action("sync.finish");
+    }
+    w.audit_entity("syncRun", run_id, Some(panel_id.0));
     let counts = match finished {
         Ok(counts) => {
             let outcome = runs::Outcome {

@@ -47,6 +47,10 @@ pub struct NewPanel {
     pub metadata: Value,
     /// Who creates it, as its `panel.created` event names them (`events::model::actor`).
     pub actor: Value,
+    /// Its audit entry (`audit::NewEntry`, without the panel's id), written by the statement
+    /// when the create is not inside a write of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<Value>,
 }
 
 struct Job {

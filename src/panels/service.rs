@@ -1,6 +1,7 @@
 //! Panel rules: who may see and change a panel, creation with its owner entry, updates with
 //! optimistic concurrency and change records, and the cascade on delete — each one transaction.
 
+use crate::audit;
 use crate::ids::PanelId;
 use serde_json::{Map, Value};
 use tracing::instrument;
@@ -151,11 +152,28 @@ pub async fn create(
         cohort_rule: rule,
         metadata,
         actor: crate::events::model::actor(principal),
+        audit: None,
     };
     let Some(key) = idempotency_key else {
         // The common case: one statement, committed alone or with the concurrent creates of a
-        // group; the group's commit is this write's commit, then the same after-commit step.
+        // group; the group's commit is this write's commit, then the same after-commit step. The
+        // statement writes the audit entry too.
+        let mut panel = panel;
+        let entry = audit::NewEntry::new(
+            &principal.tenant,
+            &audit::Actor::of(principal),
+            "panel.create",
+        )
+        .status(201)
+        .changes(audit::created_fields(&serde_json::json!({
+            "name": panel.name,
+            "description": panel.description,
+            "cohortRule": panel.cohort_rule,
+            "metadata": panel.metadata,
+        })));
+        panel.audit = Some(to_json(&entry)?);
         let response = PanelResponse::from(state.creates.create(&principal.tenant, panel).await?);
+        audit::written();
         write::published(state, &principal.tenant, vec![created(&response)]).await;
         return Ok(Outcome::Created(response));
     };
@@ -312,6 +330,10 @@ pub async fn update(
             )
             .await?;
         }
+        w.audit_diff(
+            &PanelResponse::from(current.clone()),
+            &PanelResponse::from(row.clone()),
+        );
         w.changed(Change::panel("panel.updated", id).lists());
         if rule != old_rule {
             membership::refresh(&mut w, id, state.clock.now(), Sets::All).await?;

@@ -330,6 +330,10 @@ pub async fn update(
         .await?;
         let sorts = repo::sorts_of(&mut w.tx, &principal.tenant, &[id]).await?;
         w.changed(view_change("view.updated", &row));
+        w.audit_diff(
+            &serde_json::json!({"name": current.name, "visibleColumns": current.visible_columns, "metadata": current.metadata}),
+            &serde_json::json!({"name": row.name, "visibleColumns": row.visible_columns, "metadata": row.metadata}),
+        );
 
         let tag = view_etag(&row);
         Ok((w, (ViewResponse::new(row, sorts), tag)))

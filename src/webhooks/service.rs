@@ -271,6 +271,11 @@ pub async fn update(
         let row = repo::find_webhook(&mut w.tx, tenant, id, false)
             .await?
             .ok_or_else(not_found)?;
+        let now = Utc::now();
+        w.audit_diff(
+            &WebhookResponse::of(current, now),
+            &WebhookResponse::of(row.clone(), now),
+        );
         Ok((w, row))
     })
     .await?;

@@ -528,6 +528,7 @@ async fn a_create_group_answers_each_input_with_its_own_row() {
     let app = TestApp::spawn().await;
     let tenant = panels::auth::TenantId::parse("grouped").expect("tenant slug");
     let new = |i: usize| panels::panels::batch::NewPanel {
+        audit: None,
         user_id: format!("u{i}"),
         owner: format!("u{i}@grouped.example"),
         name: format!("Grouped {i}"),
