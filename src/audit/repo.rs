@@ -17,13 +17,15 @@ pub async fn insert(conn: &mut PgConnection, entries: &[NewEntry]) -> Result<()>
         "insert into audit_entry (tenant_id, actor_type, actor_id, actor_email, action, method,
                                   route, status, entity_type, entity_id, panel_id, request_id, ip,
                                   user_agent, changes)
-         select tenant_id, actor_type, actor_id, actor_email, action, method, route, status,
-                entity_type, entity_id, panel_id, request_id, ip, user_agent, changes
-           from jsonb_to_recordset($1) with ordinality as e(tenant_id text, actor_type text,
+         select r.tenant_id, r.actor_type, r.actor_id, r.actor_email, r.action, r.method, r.route,
+                r.status, r.entity_type, r.entity_id, r.panel_id, r.request_id, r.ip, r.user_agent,
+                r.changes
+           from jsonb_array_elements($1) with ordinality as e(v, n)
+           cross join lateral jsonb_to_record(e.v) as r(tenant_id text, actor_type text,
                 actor_id text, actor_email text, action text, method text, route text,
                 status integer, entity_type text, entity_id text, panel_id bigint,
-                request_id text, ip text, user_agent text, changes jsonb, n bigint)
-          order by n",
+                request_id text, ip text, user_agent text, changes jsonb)
+          order by e.n",
     )
     .bind(to_json(&entries)?)
     .execute(conn)

@@ -5,6 +5,7 @@ mod cluster;
 mod helpers;
 
 mod acls;
+mod audit;
 mod auth;
 mod cache;
 mod columns;
