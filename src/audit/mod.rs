@@ -282,7 +282,11 @@ pub fn note(tenant: &TenantId, actor: Actor, action: Option<&'static str>) {
 /// The request's entry was committed with its change: nothing is left to record for it.
 pub fn written() {
     let _ = REQUEST.try_with(|request| {
-        request.seen.lock().unwrap_or_else(|e| e.into_inner()).written = true;
+        request
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .written = true;
     });
 }
 
@@ -295,7 +299,10 @@ pub fn after(request: &RequestAudit, status: u16) -> Option<NewEntry> {
     }
     let (Some(tenant), Some(actor)) = (seen.tenant.clone(), seen.actor.clone()) else {
         if status < 500 {
-            tracing::debug!(status, "an audited request without a tenant is not recorded");
+            tracing::debug!(
+                status,
+                "an audited request without a tenant is not recorded"
+            );
         }
         return None;
     };
@@ -340,7 +347,13 @@ pub fn for_write(
     let actor = match Actor::of(principal) {
         system if system.kind == "system" => request
             .as_ref()
-            .and_then(|r| r.seen.lock().unwrap_or_else(|e| e.into_inner()).actor.clone())
+            .and_then(|r| {
+                r.seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .actor
+                    .clone()
+            })
             .unwrap_or(system),
         actor => actor,
     };
@@ -497,9 +510,9 @@ pub fn redact(value: Value) -> Value {
         }
         Value::String(text) if text.contains("://") => {
             match crate::datasources::crypto::split_url(&text) {
-                Some((masked, secrets)) if !secrets.is_empty() => Value::String(
-                    masked.replace(crate::datasources::crypto::MASK, FILTERED),
-                ),
+                Some((masked, secrets)) if !secrets.is_empty() => {
+                    Value::String(masked.replace(crate::datasources::crypto::MASK, FILTERED))
+                }
                 _ => Value::String(text),
             }
         }
@@ -540,13 +553,43 @@ fn truncate(text: &str) -> String {
 /// here is not a mutation (a dry run, a query, a stream ticket) and writes no entry; the test
 /// below holds every mutating route of the OpenAPI document to this table.
 const ACTIONS: &[(&str, &str, &str, &str, u16)] = &[
-    ("POST", "/acls/{resourceType}/{resourceId}", "acl.grant", "acl", 201),
-    ("PUT", "/acls/{resourceType}/{resourceId}/{userEmail}", "acl.update", "acl", 200),
-    ("DELETE", "/acls/{resourceType}/{resourceId}/{userEmail}", "acl.revoke", "acl", 204),
-    ("POST", "/acls/{resourceType}/{resourceId}/share-public", "acl.sharePublic", "acl", 200),
+    (
+        "POST",
+        "/acls/{resourceType}/{resourceId}",
+        "acl.grant",
+        "acl",
+        201,
+    ),
+    (
+        "PUT",
+        "/acls/{resourceType}/{resourceId}/{userEmail}",
+        "acl.update",
+        "acl",
+        200,
+    ),
+    (
+        "DELETE",
+        "/acls/{resourceType}/{resourceId}/{userEmail}",
+        "acl.revoke",
+        "acl",
+        204,
+    ),
+    (
+        "POST",
+        "/acls/{resourceType}/{resourceId}/share-public",
+        "acl.sharePublic",
+        "acl",
+        200,
+    ),
     ("POST", "/api-keys", "apiKey.create", "apiKey", 201),
     ("DELETE", "/api-keys/{id}", "apiKey.revoke", "apiKey", 204),
-    ("POST", "/auth/invitations", "invitation.create", "invitation", 201),
+    (
+        "POST",
+        "/auth/invitations",
+        "invitation.create",
+        "invitation",
+        201,
+    ),
     ("POST", "/auth/login", "auth.login", "user", 200),
     ("POST", "/auth/logout", "auth.logout", "user", 204),
     ("POST", "/auth/refresh", "auth.refresh", "user", 200),
@@ -554,36 +597,144 @@ const ACTIONS: &[(&str, &str, &str, &str, u16)] = &[
     ("POST", "/panels", "panel.create", "panel", 201),
     ("PUT", "/panels/{id}", "panel.update", "panel", 200),
     ("DELETE", "/panels/{id}", "panel.delete", "panel", 204),
-    ("POST", "/panels/{id}/columns/base", "column.create", "column", 201),
-    ("POST", "/panels/{id}/columns/calculated", "column.create", "column", 201),
-    ("PUT", "/panels/{id}/columns/order", "column.reorder", "panel", 200),
-    ("PUT", "/panels/{id}/columns/{colId}", "column.update", "column", 200),
-    ("DELETE", "/panels/{id}/columns/{colId}", "column.delete", "column", 204),
-    ("POST", "/panels/{id}/datasources", "datasource.create", "datasource", 201),
-    ("PUT", "/panels/{id}/datasources/{dsId}", "datasource.update", "datasource", 200),
-    ("DELETE", "/panels/{id}/datasources/{dsId}", "datasource.delete", "datasource", 204),
-    ("POST", "/panels/{id}/datasources/{dsId}/records", "datasource.push", "datasource", 200),
-    ("POST", "/panels/{id}/datasources/{dsId}/sync", "datasource.sync", "datasource", 200),
-    ("POST", "/panels/{id}/datasources/{dsId}/upload", "datasource.upload", "datasource", 200),
-    ("POST", "/panels/{id}/datasources/{dsId}/runs/{runId}/cancel", "job.cancel", "job", 200),
+    (
+        "POST",
+        "/panels/{id}/columns/base",
+        "column.create",
+        "column",
+        201,
+    ),
+    (
+        "POST",
+        "/panels/{id}/columns/calculated",
+        "column.create",
+        "column",
+        201,
+    ),
+    (
+        "PUT",
+        "/panels/{id}/columns/order",
+        "column.reorder",
+        "panel",
+        200,
+    ),
+    (
+        "PUT",
+        "/panels/{id}/columns/{colId}",
+        "column.update",
+        "column",
+        200,
+    ),
+    (
+        "DELETE",
+        "/panels/{id}/columns/{colId}",
+        "column.delete",
+        "column",
+        204,
+    ),
+    (
+        "POST",
+        "/panels/{id}/datasources",
+        "datasource.create",
+        "datasource",
+        201,
+    ),
+    (
+        "PUT",
+        "/panels/{id}/datasources/{dsId}",
+        "datasource.update",
+        "datasource",
+        200,
+    ),
+    (
+        "DELETE",
+        "/panels/{id}/datasources/{dsId}",
+        "datasource.delete",
+        "datasource",
+        204,
+    ),
+    (
+        "POST",
+        "/panels/{id}/datasources/{dsId}/records",
+        "datasource.push",
+        "datasource",
+        200,
+    ),
+    (
+        "POST",
+        "/panels/{id}/datasources/{dsId}/sync",
+        "datasource.sync",
+        "datasource",
+        200,
+    ),
+    (
+        "POST",
+        "/panels/{id}/datasources/{dsId}/upload",
+        "datasource.upload",
+        "datasource",
+        200,
+    ),
+    (
+        "POST",
+        "/panels/{id}/datasources/{dsId}/runs/{runId}/cancel",
+        "job.cancel",
+        "job",
+        200,
+    ),
     ("POST", "/jobs/{id}/retry", "job.retry", "job", 200),
     ("DELETE", "/jobs/{id}", "job.discard", "job", 204),
-    ("PUT", "/notifications/views/mark-read", "notification.markRead", "notification", 200),
+    (
+        "PUT",
+        "/notifications/views/mark-read",
+        "notification.markRead",
+        "notification",
+        200,
+    ),
     ("POST", "/views", "view.create", "view", 201),
     ("PUT", "/views/{id}", "view.update", "view", 200),
     ("DELETE", "/views/{id}", "view.delete", "view", 204),
-    ("PUT", "/views/{id}/filters", "view.updateFilters", "view", 200),
+    (
+        "PUT",
+        "/views/{id}/filters",
+        "view.updateFilters",
+        "view",
+        200,
+    ),
     ("PUT", "/views/{id}/sorts", "view.updateSorts", "view", 200),
     ("POST", "/views/{id}/publish", "view.publish", "view", 200),
-    ("POST", "/views/{id}/unpublish", "view.unpublish", "view", 200),
+    (
+        "POST",
+        "/views/{id}/unpublish",
+        "view.unpublish",
+        "view",
+        200,
+    ),
     ("GET", "/views/{id}/export", "view.export", "view", 200),
     ("GET", "/audit/export", "audit.export", "audit", 200),
     ("POST", "/webhooks", "webhook.create", "webhook", 201),
     ("PUT", "/webhooks/{id}", "webhook.update", "webhook", 200),
     ("DELETE", "/webhooks/{id}", "webhook.delete", "webhook", 204),
-    ("POST", "/webhooks/{id}/rotate-secret", "webhook.rotateSecret", "webhook", 200),
-    ("POST", "/webhooks/{id}/test", "webhook.test", "webhook", 202),
-    ("POST", "/webhooks/{id}/deliveries/{deliveryId}/retry", "webhook.retryDelivery", "webhook", 202),
+    (
+        "POST",
+        "/webhooks/{id}/rotate-secret",
+        "webhook.rotateSecret",
+        "webhook",
+        200,
+    ),
+    (
+        "POST",
+        "/webhooks/{id}/test",
+        "webhook.test",
+        "webhook",
+        202,
+    ),
+    (
+        "POST",
+        "/webhooks/{id}/deliveries/{deliveryId}/retry",
+        "webhook.retryDelivery",
+        "webhook",
+        202,
+    ),
 ];
 
 /// POSTs that change nothing: not audited.
@@ -694,14 +845,17 @@ mod tests {
                 let method = Method::from_bytes(method.as_bytes()).unwrap();
                 match route_of(&method, &route) {
                     None => missing.push(format!("{method} {route}")),
-                    Some((_, _, _, _, status)) if status.to_string() != documented => {
-                        missing.push(format!("{method} {route}: {status}, documented {documented}"))
-                    }
+                    Some((_, _, _, _, status)) if status.to_string() != documented => missing.push(
+                        format!("{method} {route}: {status}, documented {documented}"),
+                    ),
                     Some(_) => {}
                 }
             }
         }
-        assert!(missing.is_empty(), "routes without an audit action, or with another status: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "routes without an audit action, or with another status: {missing:?}"
+        );
     }
 
     #[test]
@@ -743,8 +897,15 @@ mod tests {
         assert_eq!(d["name"], json!({"from": "a", "to": "b"}));
         assert_eq!(d["password"], json!({"to": FILTERED}));
         assert!(d.get("version").is_none());
-        assert!(d["note"]["to"].as_str().unwrap().ends_with("(3000 characters)"));
-        let headers = redact(json!({"headers": {"X-Custom": "v"}, "url": "https://x.test/a?token=abc&page=1"}));
+        assert!(
+            d["note"]["to"]
+                .as_str()
+                .unwrap()
+                .ends_with("(3000 characters)")
+        );
+        let headers = redact(
+            json!({"headers": {"X-Custom": "v"}, "url": "https://x.test/a?token=abc&page=1"}),
+        );
         assert_eq!(headers["headers"]["X-Custom"], FILTERED);
         assert!(!headers["url"].as_str().unwrap().contains("abc"));
         assert_eq!(diff(&json!({"a": 1}), &json!({"a": 1})), None);
@@ -752,7 +913,17 @@ mod tests {
 
     #[test]
     fn secret_keys() {
-        for key in ["password", "apiKey", "X-API-KEY", "key", "secret", "previousSecret", "passwordHash", "Authorization", "refreshToken"] {
+        for key in [
+            "password",
+            "apiKey",
+            "X-API-KEY",
+            "key",
+            "secret",
+            "previousSecret",
+            "passwordHash",
+            "Authorization",
+            "refreshToken",
+        ] {
             assert!(is_secret_key(key), "{key}");
         }
         for key in ["name", "keyField", "cohortRule", "url", "query"] {

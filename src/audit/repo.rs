@@ -72,7 +72,8 @@ pub struct Filter {
     pub before: Option<(DateTime<Utc>, i64)>,
 }
 
-const COLUMNS: &str = "select id, seq, at, actor_type, actor_id, actor_email, action, method, route,
+const COLUMNS: &str =
+    "select id, seq, at, actor_type, actor_id, actor_email, action, method, route,
         status, entity_type, entity_id, panel_id, request_id, ip, user_agent, changes, prev_hash,
         hash from audit_entry where tenant_id = ";
 

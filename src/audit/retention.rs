@@ -19,7 +19,9 @@ pub fn spawn(owner_url: String, days: u32, stop: CancellationToken) -> tokio::ta
                     tracing::info!(?dropped, days, "audit partitions past retention dropped");
                 }
                 Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "audit partition upkeep failed; retrying later"),
+                Err(error) => {
+                    tracing::warn!(%error, "audit partition upkeep failed; retrying later")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(EVERY) => {}

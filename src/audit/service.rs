@@ -66,8 +66,9 @@ fn filter(
     if let Some(action) = nonempty("action", action)? {
         let valid = |s: &str| {
             !s.is_empty()
-                && s.split('.')
-                    .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_alphabetic() || c == '_'))
+                && s.split('.').all(|part| {
+                    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphabetic() || c == '_')
+                })
         };
         match action.strip_suffix(".*") {
             Some(family) if valid(family) => out.action_family = Some(format!("{family}.")),
@@ -111,7 +112,11 @@ fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, i64)> {
 }
 
 #[instrument(skip_all, fields(tenant = %principal.tenant))]
-pub async fn list(state: &AppState, principal: &Principal, params: AuditParams) -> Result<AuditPage> {
+pub async fn list(
+    state: &AppState,
+    principal: &Principal,
+    params: AuditParams,
+) -> Result<AuditPage> {
     require_admin(principal)?;
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -217,14 +222,18 @@ pub async fn export(
     tokio::spawn(async move {
         let _permit = permit;
         let mut query = repo::select(&tenant, &filter);
-        let mut rows = query.build_query_as::<EntryRow>().fetch(&mut *tx).ready_chunks(256);
+        let mut rows = query
+            .build_query_as::<EntryRow>()
+            .fetch(&mut *tx)
+            .ready_chunks(256);
         while let Some(chunk) = rows.next().await {
             let mut out = Vec::with_capacity(chunk.len() * 512);
             let mut failed = false;
             for row in chunk {
                 match row {
                     Ok(row) => {
-                        if serde_json::to_writer(&mut out, &AuditEntryResponse::from(row)).is_err() {
+                        if serde_json::to_writer(&mut out, &AuditEntryResponse::from(row)).is_err()
+                        {
                             failed = true;
                             break;
                         }

@@ -398,7 +398,10 @@ pub async fn update(
         )
         .await?;
         w.changed(Change::panel("datasource.updated", panel_id).with("dataSourceId", id));
-        w.audit_diff(&DataSourceResponse::from(&current), &DataSourceResponse::from(&row));
+        w.audit_diff(
+            &DataSourceResponse::from(&current),
+            &DataSourceResponse::from(&row),
+        );
         Ok((w, (DataSourceResponse::from(&row), tag_of(&row))))
     })
     .await

@@ -62,10 +62,12 @@ async fn clinic() -> String {
         base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base)
     );
     let pool = PgPool::connect(&url).await.expect("connect");
-    sqlx::query("create table patients as select g as id, 'p' || g as name from generate_series(1, 20) g")
-        .execute(&pool)
-        .await
-        .expect("table");
+    sqlx::query(
+        "create table patients as select g as id, 'p' || g as name from generate_series(1, 20) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("table");
     url
 }
 
@@ -244,13 +246,28 @@ async fn every_audited_request_leaves_one_entry_with_its_actor_and_no_secret() {
     assert_eq!(login["actor"]["id"], admin.user_id.to_string());
     assert_eq!(login["actor"]["email"], admin.email);
     assert_eq!(login["status"], 200);
+    let key_actor = key_id.to_string();
     let by_key: Vec<&Value> = all.iter().filter(|e| e["requestId"] == by_key).collect();
-    assert!(by_key.iter().all(|e| e["actor"]["type"] == "apiKey" && e["actor"]["id"] == key_id.to_string()), "{by_key:?}");
-    assert!(by_key.iter().any(|e| e["action"] == "apiKey.firstUse"), "{by_key:?}");
-    let failed = all.iter().find(|e| e["action"] == "auth.login_failed").unwrap();
+    assert!(
+        by_key
+            .iter()
+            .all(|e| e["actor"]["type"] == "apiKey" && e["actor"]["id"] == key_actor.as_str()),
+        "{by_key:?}"
+    );
+    assert!(
+        by_key.iter().any(|e| e["action"] == "apiKey.firstUse"),
+        "{by_key:?}"
+    );
+    let failed = all
+        .iter()
+        .find(|e| e["action"] == "auth.login_failed")
+        .unwrap();
     assert_eq!(failed["status"], 401);
     let refused = all.iter().find(|e| e["requestId"] == refused).unwrap();
-    assert!(matches!(refused["status"].as_i64(), Some(403 | 404)), "{refused}");
+    assert!(
+        matches!(refused["status"].as_i64(), Some(403 | 404)),
+        "{refused}"
+    );
     assert_eq!(refused["actor"]["email"], "clerk@audit-a.example");
     assert_eq!(refused["route"], "/api/panels/{id}");
     assert_eq!(refused["panelId"], panel);
@@ -263,12 +280,19 @@ async fn every_audited_request_leaves_one_entry_with_its_actor_and_no_secret() {
         .iter()
         .find(|e| e["action"] == "panel.update" && e["status"] == 200)
         .unwrap();
-    assert_eq!(update["changes"]["name"], json!({"from": "Ward A", "to": "Ward A2"}));
+    assert_eq!(
+        update["changes"]["name"],
+        json!({"from": "Ward A", "to": "Ward A2"})
+    );
     assert_eq!(update["entityType"], "panel");
     assert_eq!(update["entityId"], panel.to_string());
     assert_eq!(update["method"], "PUT");
     assert_eq!(update["route"], "/api/panels/{id}");
-    assert!(update["ip"].as_str().is_some_and(|ip| ip.starts_with("127.")));
+    assert!(
+        update["ip"]
+            .as_str()
+            .is_some_and(|ip| ip.starts_with("127."))
+    );
     let created = all
         .iter()
         .find(|e| e["action"] == "datasource.create")
@@ -291,7 +315,10 @@ async fn every_audited_request_leaves_one_entry_with_its_actor_and_no_secret() {
         .collect();
     assert!(lines.len() >= all.len(), "{} < {}", lines.len(), all.len());
     for secret in &secrets {
-        assert!(!export.text.contains(secret.as_str()), "a secret in the export: {secret}");
+        assert!(
+            !export.text.contains(secret.as_str()),
+            "a secret in the export: {secret}"
+        );
     }
     assert!(
         export.text.contains("[FILTERED]"),
@@ -326,11 +353,17 @@ async fn a_write_that_cannot_write_its_entry_changes_nothing() {
         .execute(&owner)
         .await
         .expect("grant");
-    let res = app.get(&format!("/api/panels/{panel}")).bearer(&token).send().await;
+    let res = app
+        .get(&format!("/api/panels/{panel}"))
+        .bearer(&token)
+        .send()
+        .await;
     assert_eq!(res.body["name"], "Before", "{}", res.text);
     let updates = entries(&app, &token, "action=panel.update").await;
     assert!(
-        updates.iter().all(|e| e["status"].as_i64().unwrap_or(0) >= 400),
+        updates
+            .iter()
+            .all(|e| e["status"].as_i64().unwrap_or(0) >= 400),
         "no success entry for a write that did not happen: {updates:?}"
     );
     // A refused write: its entry, and no change.
@@ -351,7 +384,12 @@ async fn a_write_that_cannot_write_its_entry_changes_nothing() {
         .bearer(&token)
         .send()
         .await;
-    assert_eq!(columns.body["calculatedColumns"], json!([]), "{}", columns.text);
+    assert_eq!(
+        columns.body["calculatedColumns"],
+        json!([]),
+        "{}",
+        columns.text
+    );
 }
 
 #[tokio::test]
@@ -382,7 +420,10 @@ async fn an_entry_edited_or_deleted_in_the_database_breaks_the_chain_there() {
     .execute(&mut *conn)
     .await
     .expect_err("the application role edited an entry");
-    let code = refused.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+    let code = refused
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.to_string());
     assert_eq!(code.as_deref(), Some("42501"), "{refused}");
     sqlx::raw_sql("rollback").execute(&mut *conn).await.unwrap();
     drop(conn);
@@ -416,7 +457,11 @@ async fn an_entry_edited_or_deleted_in_the_database_breaks_the_chain_there() {
         .execute(&owner)
         .await
         .expect("delete");
-    let verify = second.get("/api/audit/verify").bearer(&token_d).send().await;
+    let verify = second
+        .get("/api/audit/verify")
+        .bearer(&token_d)
+        .send()
+        .await;
     assert_eq!(verify.body["valid"], false, "{}", verify.text);
     assert_eq!(verify.body["firstBroken"]["seq"], 3, "{}", verify.text);
     assert!(
@@ -438,13 +483,21 @@ async fn nobody_sees_another_tenants_entries_and_only_admins_read_the_log() {
     app.create_panel(&b, "Theirs").await;
     let of_b = entries(&app, &b, "").await;
     assert!(!of_b.is_empty());
-    assert!(of_b.iter().all(|e| e["actor"]["email"] == "admin@audit-f.example"), "{of_b:?}");
+    assert!(
+        of_b.iter()
+            .all(|e| e["actor"]["email"] == "admin@audit-f.example"),
+        "{of_b:?}"
+    );
     let of_b_panel = entries(&app, &b, &format!("entityType=panel&entityId={panel}")).await;
     assert!(of_b_panel.is_empty(), "{of_b_panel:?}");
     let of_a = entries(&app, &a, &format!("entityType=panel&entityId={panel}")).await;
     assert_eq!(of_a.len(), 1, "{of_a:?}");
     // Filters and paging.
-    let res = app.get("/api/audit?action=panel.*&limit=1").bearer(&a).send().await;
+    let res = app
+        .get("/api/audit?action=panel.*&limit=1")
+        .bearer(&a)
+        .send()
+        .await;
     assert_eq!(res.status, 200);
     assert_eq!(res.body["entries"].as_array().unwrap().len(), 1);
     assert!(res.body["nextCursor"].is_null(), "{}", res.text);
@@ -505,18 +558,14 @@ async fn sigterm_writes_the_buffered_entries() {
             .await
             .expect("request");
         assert_eq!(res.status(), 403);
-        refused.push(
-            res.headers()["x-request-id"]
-                .to_str()
-                .unwrap()
-                .to_owned(),
-        );
+        refused.push(res.headers()["x-request-id"].to_str().unwrap().to_owned());
     }
     let owner = app.owner_pool().await;
-    let before: i64 = sqlx::query_scalar("select count(*) from audit_entry where tenant_id = 'audit-g'")
-        .fetch_one(&owner)
-        .await
-        .unwrap();
+    let before: i64 =
+        sqlx::query_scalar("select count(*) from audit_entry where tenant_id = 'audit-g'")
+            .fetch_one(&owner)
+            .await
+            .unwrap();
     assert_eq!(before, 0, "the batch waits for its flush");
     // SIGTERM, as an orchestrator stops it.
     unsafe {
