@@ -2,7 +2,8 @@
 -- and the last three months, as the database's owner. The chain's trigger is off while seeding
 -- (a valid chain is not what the query's speed depends on, and ten million trigger calls would
 -- take most of an hour); each entry still gets a hash of the right size. Entities: 5,000 per
--- kind and organisation, kinds panel, view, column, datasource; actors: 200 per organisation.
+-- kind and organisation, kinds panel, view, column, datasource (each organisation's entries
+-- cycle through them); actors: 200 per organisation.
 \set ON_ERROR_STOP on
 select audit_maintain(36500);
 do $$
@@ -28,13 +29,13 @@ select 'bench-' || (g % :tenants),
        'user',
        (g % 200)::text,
        'user' || (g % 200) || '@bench.example',
-       (array['panel', 'view', 'column', 'datasource'])[1 + g % 4] || '.update',
+       (array['panel', 'view', 'column', 'datasource'])[1 + (g / :tenants) % 4] || '.update',
        'PUT',
-       '/api/' || (array['panels', 'views', 'columns', 'datasources'])[1 + g % 4] || '/{id}',
+       '/api/' || (array['panels', 'views', 'columns', 'datasources'])[1 + (g / :tenants) % 4] || '/{id}',
        200,
-       (array['panel', 'view', 'column', 'datasource'])[1 + g % 4],
-       (1 + (g / 4) % 5000)::text,
-       1 + (g / 4) % 5000,
+       (array['panel', 'view', 'column', 'datasource'])[1 + (g / :tenants) % 4],
+       (1 + (g / :tenants / 4) % 5000)::text,
+       1 + (g / :tenants / 4) % 5000,
        gen_random_uuid()::text,
        '10.0.' || (g % 250) || '.' || (g % 200),
        'Mozilla/5.0 (bench)',
