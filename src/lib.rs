@@ -196,6 +196,10 @@ pub fn spawn_workers(
             stop.clone(),
         ));
         handles.extend(webhooks::spawn_workers(state, stop.clone()));
+        handles.push(audit::retention::spawn_sealer(
+            state.db.clone(),
+            stop.clone(),
+        ));
         handles.push(audit::retention::spawn(
             state.config.database_url().to_owned(),
             state.config.audit_retention_days,

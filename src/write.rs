@@ -9,8 +9,7 @@
 //!    must see change through [`Writer::changed`] (by value rather than borrowed, so the
 //!    closure's future is an ordinary type whose `Send` the compiler can see);
 //! 4. store the idempotent response, append each change's event to the event log
-//!    (`events`, the transactional outbox), and last the write's audit entry (`audit`: it holds
-//!    the tenant's chain head until the commit, so it goes last);
+//!    (`events`, the transactional outbox), and the write's audit entry (`audit`);
 //! 5. commit;
 //! 6. only then, invalidate the cache and publish ([`published`]), for every change named.
 //!

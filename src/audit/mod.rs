@@ -1,7 +1,7 @@
 //! The audit log: who did what (docs/audit.md).
 //!
-//! * **Mutations** write their entry in their own transaction: the write path inserts it last,
-//!   just before the commit ([`crate::write`]), the grouped panel create in its statement, the
+//! * **Mutations** write their entry in their own transaction: the write path inserts it just
+//!   before the commit ([`crate::write`]), the grouped panel create in its statement, the
 //!   identity flows (login, registration, refresh, logout) in theirs. No change without its entry,
 //!   no entry without its change.
 //! * **Everything else** (a refused write, an export, a failed login) goes through the bounded
@@ -13,8 +13,8 @@
 //!   from the verified principal, or from an identity flow once it knows them.
 //! * Entries carry a diff of what changed, never a body: secrets are `[FILTERED]`
 //!   ([`redact`]), values cut at [`MAX_VALUE_CHARS`].
-//! * Each tenant's entries form a hash chain kept by the database (migration
-//!   20261205000400); `GET /api/audit/verify` recomputes it.
+//! * Each tenant's entries form a hash chain, sealed by the workers just after the commit
+//!   (`audit_seal`, migration 20261205000400); `GET /api/audit/verify` recomputes it.
 
 pub mod buffer;
 pub mod model;

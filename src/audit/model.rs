@@ -23,8 +23,9 @@ pub struct ActorResponse {
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntryResponse {
     pub id: i64,
-    /// Its place in the organisation's chain.
-    pub seq: i64,
+    /// Its place in the organisation's chain; null for a moment after the commit, until the
+    /// entry is sealed.
+    pub seq: Option<i64>,
     pub at: DateTime<Utc>,
     pub actor: ActorResponse,
     #[schema(example = "view.update")]
@@ -49,8 +50,8 @@ pub struct AuditEntryResponse {
     pub changes: Option<Value>,
     /// The previous entry's hash (hex), none for the first.
     pub prev_hash: Option<String>,
-    /// SHA-256 of `prevHash` and this entry's fields (hex).
-    pub hash: String,
+    /// SHA-256 of `prevHash` and this entry's fields (hex); null until sealed.
+    pub hash: Option<String>,
 }
 
 /// A page of entries, newest first.

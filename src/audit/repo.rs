@@ -36,7 +36,7 @@ pub async fn insert(conn: &mut PgConnection, entries: &[NewEntry]) -> Result<()>
 #[derive(Debug, sqlx::FromRow)]
 pub struct EntryRow {
     pub id: i64,
-    pub seq: i64,
+    pub seq: Option<i64>,
     pub at: DateTime<Utc>,
     pub actor_type: String,
     pub actor_id: String,
@@ -53,7 +53,7 @@ pub struct EntryRow {
     pub user_agent: Option<String>,
     pub changes: Option<serde_json::Value>,
     pub prev_hash: Option<Vec<u8>>,
-    pub hash: Vec<u8>,
+    pub hash: Option<Vec<u8>>,
 }
 
 /// What a list or an export selects.
@@ -140,6 +140,15 @@ pub struct Verdict {
     pub broken_id: Option<i64>,
     pub broken_at: Option<DateTime<Utc>>,
     pub reason: Option<String>,
+}
+
+/// Seals the tenant's committed entries that are not sealed yet (`audit_seal`); answers how many.
+pub async fn seal(conn: &mut PgConnection, tenant: Option<&TenantId>, limit: i32) -> Result<i32> {
+    Ok(sqlx::query_scalar("select audit_seal($1, $2)")
+        .bind(tenant.map(TenantId::as_str))
+        .bind(limit)
+        .fetch_one(conn)
+        .await?)
 }
 
 pub async fn verify(conn: &mut PgConnection) -> Result<Verdict> {

@@ -8,6 +8,8 @@ use std::time::Duration;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::Db;
+
 /// How often the partitions are looked after.
 const EVERY: Duration = Duration::from_secs(3600);
 
@@ -29,6 +31,40 @@ pub fn spawn(owner_url: String, days: u32, stop: CancellationToken) -> tokio::ta
             }
         }
     })
+}
+
+/// How often the workers seal the entries committed since their last sweep.
+const SEAL_EVERY: Duration = Duration::from_millis(500);
+/// Entries sealed per tenant and transaction.
+const SEAL_BATCH: i32 = 5_000;
+
+/// The workers' sweep: seals what committed since the last one (`audit_seal`), in short
+/// transactions, so an entry is chained within about a second of its commit.
+pub fn spawn_sealer(db: Db, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(SEAL_EVERY) => {}
+                _ = stop.cancelled() => return,
+            }
+            loop {
+                match seal(&db).await {
+                    // A full batch: more may be waiting.
+                    Ok(n) if n >= SEAL_BATCH => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "sealing audit entries failed; retrying later");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+async fn seal(db: &Db) -> crate::error::Result<i32> {
+    let mut conn = db.acquire().await?;
+    super::repo::seal(&mut conn, None, SEAL_BATCH).await
 }
 
 /// Makes the coming months' partitions and drops those past retention; answers the dropped.

@@ -38,7 +38,7 @@ impl From<EntryRow> for AuditEntryResponse {
             user_agent: row.user_agent,
             changes: row.changes,
             prev_hash: row.prev_hash.map(hex::encode),
-            hash: hex::encode(row.hash),
+            hash: row.hash.map(hex::encode),
         }
     }
 }
@@ -161,6 +161,11 @@ pub async fn list(
 #[instrument(skip_all, fields(tenant = %principal.tenant))]
 pub async fn verify(state: &AppState, principal: &Principal) -> Result<VerifyResponse> {
     require_admin(principal)?;
+    // Entries committed since the workers' last sweep are sealed first, so the verdict covers
+    // every entry there is.
+    let mut tx = state.db.begin(&principal.tenant).await?;
+    repo::seal(&mut tx, Some(&principal.tenant), i32::MAX).await?;
+    tx.commit().await?;
     // The whole chain: an export's deadline, not a page's.
     let mut tx = state
         .db

@@ -426,6 +426,20 @@ async fn an_entry_edited_or_deleted_in_the_database_breaks_the_chain_there() {
         .map(|c| c.to_string());
     assert_eq!(code.as_deref(), Some("42501"), "{refused}");
     sqlx::raw_sql("rollback").execute(&mut *conn).await.unwrap();
+    // Nor can the sealer's role re-seal an entry already sealed.
+    let resealed = sqlx::raw_sql(
+        "begin; set local role panels_worker;
+         update audit_entry set hash = sha256('x') where tenant_id = 'audit-c' and seq = 2",
+    )
+    .execute(&mut *conn)
+    .await
+    .expect_err("a sealed entry was sealed again");
+    let code = resealed
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.to_string());
+    assert_eq!(code.as_deref(), Some("42501"), "{resealed}");
+    sqlx::raw_sql("rollback").execute(&mut *conn).await.unwrap();
     drop(conn);
 
     // Someone with the owner's rights edits the second entry behind the triggers' back.
@@ -453,6 +467,13 @@ async fn an_entry_edited_or_deleted_in_the_database_breaks_the_chain_there() {
             .send()
             .await;
     }
+    // Sealed first (verify seals what committed since the workers' last sweep).
+    let verify = second
+        .get("/api/audit/verify")
+        .bearer(&token_d)
+        .send()
+        .await;
+    assert_eq!(verify.body["valid"], true, "{}", verify.text);
     sqlx::query("delete from audit_entry where tenant_id = 'audit-d' and seq = 2")
         .execute(&owner)
         .await
@@ -574,7 +595,7 @@ async fn sigterm_writes_the_buffered_entries() {
     let status = child.wait().expect("exit");
     assert!(status.success(), "{status:?}");
     let written: Vec<(String, String, i32)> = sqlx::query_as(
-        "select request_id, action, status from audit_entry where tenant_id = 'audit-g' order by seq",
+        "select request_id, action, status from audit_entry where tenant_id = 'audit-g' order by id",
     )
     .fetch_all(&owner)
     .await
