@@ -607,3 +607,45 @@ async fn sigterm_writes_the_buffered_entries() {
         assert_eq!(*status, 403);
     }
 }
+
+/// Retention drops whole months past `AUDIT_RETENTION_DAYS` and keeps the rest; the months ahead
+/// are made before they are needed.
+#[tokio::test]
+async fn retention_drops_whole_months_past_the_limit() {
+    let app = TestApp::spawn_with(FAST).await;
+    let owner = app.owner_pool().await;
+    // A month long past, with an entry in it.
+    sqlx::raw_sql(
+        "create table audit_entry_200001 partition of audit_entry
+             for values from ('2000-01-01 00:00:00+00') to ('2000-02-01 00:00:00+00');
+         select audit_protect('audit_entry_200001');
+         insert into audit_entry (tenant_id, at, actor_type, actor_id, action)
+             values ('audit-h', '2000-01-15 00:00:00+00', 'user', '1', 'panel.update');",
+    )
+    .execute(&owner)
+    .await
+    .expect("an old month");
+    let token = token_for("audit-h", "admin@audit-h.example", Role::Admin);
+    app.create_panel(&token, "Kept").await;
+    let dropped = panels::audit::retention::maintain(&app.database_url, 365)
+        .await
+        .expect("maintain");
+    assert_eq!(dropped, vec!["audit_entry_200001".to_owned()]);
+    let left: Vec<(String,)> =
+        sqlx::query_as("select action from audit_entry where tenant_id = 'audit-h' order by id")
+            .fetch_all(&owner)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![("panel.create".to_owned(),)]);
+    let ahead: i64 = sqlx::query_scalar(
+        "select count(*) from pg_inherits where inhparent = 'audit_entry'::regclass
+           and inhrelid::regclass::text = 'audit_entry_' || to_char(now() + interval '1 month', 'YYYYMM')",
+    )
+    .fetch_one(&owner)
+    .await
+    .unwrap();
+    assert_eq!(ahead, 1, "next month's partition is made ahead");
+    // The oldest entry left starts the chain: nothing is reported missing.
+    let verify = app.get("/api/audit/verify").bearer(&token).send().await;
+    assert_eq!(verify.body["valid"], true, "{}", verify.text);
+}
